@@ -1,0 +1,1 @@
+"""Runtimes. Each backend module imports its runtime lazily."""
