@@ -1,0 +1,392 @@
+"""ONNX Runtime runner: one small interface (open, input metadata, infer, close) over an InferenceSession.
+
+onnxruntime (and onnx) are imported inside the functions that need them, so importing this
+module is cheap. ORT's own logging is silenced (severity "fatal"): every failure becomes a
+one-line :class:`ModelError` / :class:`DataError` naming the model, and ORT's full text goes to
+this module's logger at debug level.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from quant._io import atomic_output
+from quant.backends.base import TensorSpec
+from quant.errors import BackendUnavailableError, DataError, ModelError, UsageError
+
+if TYPE_CHECKING:
+    import onnx
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZATION_LEVELS = ("all", "basic", "none")
+
+# Protobuf cannot serialise a message of 2 GiB or more; bigger models go through a temporary
+# file with external data instead of bytes.
+_MAX_INLINE_BYTES = 2**31 - 2**20
+
+_ORT_TYPES: dict[str, str] = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "object",
+}
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+
+
+def _import_ort() -> ModuleType:
+    try:
+        import onnxruntime
+    except ImportError as exc:  # a core dependency, but say what to do if it is broken or absent
+        raise BackendUnavailableError(
+            "onnxruntime is not installed; install it with 'pip install onnxruntime'"
+        ) from exc
+    return onnxruntime
+
+
+def ort_version() -> str:
+    """The installed ONNX Runtime version, e.g. '1.18.0'."""
+    return str(_import_ort().__version__)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return _ORT_PREFIX.sub("", line).strip()
+
+
+def describe_session_error(exc: BaseException, model: str) -> str:
+    """One-line message for an InferenceSession creation failure, naming the model and the cause."""
+    text = str(exc)
+    m = re.search(r"(\S+?):([\w.]+)\(-?\d+\) is not a registered function/op", text)
+    if m:
+        return (
+            f"model '{model}' uses op '{m.group(2)}' (domain '{m.group(1)}') that ONNX Runtime does not "
+            "know; register its custom-op library or remove it"
+        )
+    m = re.search(r"No Op registered for ([\w.]+) with domain_version of (\d+)", text)
+    if m:
+        node = re.search(r'In Node, \("[^"]*", [\w.]+, "([^"]*)"', text)
+        domain = node.group(1) if node and node.group(1) else "ai.onnx"
+        fix = (
+            "check the op name and the model's opset, or re-export the model with supported ops"
+            if domain in ("ai.onnx", "ai.onnx.ml", "com.microsoft")
+            else "register its custom-op library or remove it"
+        )
+        return (
+            f"model '{model}' uses op '{m.group(1)}' (domain '{domain}', opset {m.group(2)}) that ONNX "
+            f"Runtime {ort_version()} does not know; {fix}"
+        )
+    m = re.search(
+        r"Opset (\d+) is under development.*?support for domain (\S+) is till opset (\d+)", text, re.S
+    )
+    if m:
+        return (
+            f"model '{model}' uses opset {m.group(1)} of domain '{m.group(2)}', but ONNX Runtime "
+            f"{ort_version()} supports up to opset {m.group(3)}; export the model with opset "
+            f"<= {m.group(3)} or upgrade onnxruntime"
+        )
+    m = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text)
+    if m:
+        return (
+            f"model '{model}' has ONNX IR version {m.group(1)}, but ONNX Runtime {ort_version()} "
+            f"supports up to {m.group(2)}; re-save the model with an older onnx or upgrade onnxruntime"
+        )
+    return f"ONNX Runtime cannot load model '{model}': {_first_line(exc)}"
+
+
+def numpy_dtype(ort_type: str) -> np.dtype:
+    """numpy dtype of an ORT type string such as 'tensor(float)'; KeyError for non-tensor types."""
+    return np.dtype(_ORT_TYPES[ort_type])
+
+
+def _fmt_shape(shape: Sequence[object]) -> str:
+    dims = [str(d) if isinstance(d, (int, str)) and d != "" else "?" for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def check_feed(feed: Mapping[str, Any], specs: Sequence[TensorSpec], *, model: str) -> None:
+    """Check a feed against the model inputs before running; DataError naming the input otherwise.
+
+    Catches missing and extra names, non-arrays, wrong dtype, wrong rank and wrong static
+    dimensions (dynamic dimensions accept any size), so that ORT's own message never reaches users.
+    """
+    expected = {s.name: s for s in specs}
+    for name in expected:
+        if name not in feed:
+            raise DataError(
+                f"the data has no input '{name}' that model '{model}' needs (data inputs: "
+                f"{', '.join(feed) or 'none'}); check the input names of the data"
+            )
+    for name, value in feed.items():
+        spec = expected.get(name)
+        if spec is None:
+            raise DataError(
+                f"the data has input '{name}' that model '{model}' does not have (model inputs: "
+                f"{', '.join(expected)}); rename or drop it"
+            )
+        if not isinstance(value, np.ndarray):
+            raise DataError(
+                f"input '{name}' for model '{model}' is a {type(value).__name__}, not a numpy array"
+            )
+        if value.dtype != spec.dtype:
+            raise DataError(
+                f"input '{name}' has dtype {value.dtype} but model '{model}' expects {spec.dtype}; "
+                "convert the data (or check the preprocessing)"
+            )
+        wrong_rank = value.ndim != len(spec.shape)
+        wrong_dim = not wrong_rank and any(
+            isinstance(d, int) and d > 0 and d != actual
+            for d, actual in zip(spec.shape, value.shape, strict=True)
+        )
+        if wrong_rank or wrong_dim:
+            raise DataError(
+                f"input '{name}' has shape {_fmt_shape(value.shape)} but model '{model}' expects "
+                f"{_fmt_shape(spec.shape)}; check the preprocessing (size, layout) or the data"
+            )
+
+
+def add_outputs(model: onnx.ModelProto, names: Sequence[str], *, model_name: str) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs ``names`` (tensors of the main graph).
+
+    Element types come from the graph's value_info, inputs and outputs, else from shape inference,
+    else float32; shapes are left open (ORT needs only the type).
+    """
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    existing = {o.name for o in graph.output}
+    wanted = [n for n in dict.fromkeys(names) if n not in existing]
+    if not wanted:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        return copy
+    known = {i.name for i in graph.input} | {o for node in graph.node for o in node.output}
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        raise ModelError(
+            f"model '{model_name}' has no tensor '{missing[0]}' in its main graph"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + "; check the tensor names"
+        )
+    types = {
+        vi.name: vi.type.tensor_type.elem_type for vi in (*graph.value_info, *graph.input, *graph.output)
+    }
+    if any(not types.get(n) for n in wanted):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model)
+        except Exception as exc:  # inference is only a source of types; fall back to float32
+            logger.debug(
+                "shape inference failed for model '%s' (%s); assuming float32 outputs", model_name, exc
+            )
+        else:
+            for vi in inferred.graph.value_info:
+                if vi.type.tensor_type.elem_type and not types.get(vi.name):
+                    types[vi.name] = vi.type.tensor_type.elem_type
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for name in wanted:
+        elem = types.get(name) or onnx.TensorProto.FLOAT
+        copy.graph.output.append(helper.make_tensor_value_info(name, elem, None))
+    return copy
+
+
+def _display_name(model: object) -> str:
+    if isinstance(model, (str, Path)):
+        return str(model)
+    graph_name = getattr(getattr(model, "graph", None), "name", "")
+    return graph_name if isinstance(graph_name, str) and graph_name else "<in-memory model>"
+
+
+class OrtRunner:
+    """An ONNX Runtime InferenceSession behind the :class:`quant.backends.base.Runner` interface.
+
+    ``model`` is a ModelProto (sent to ORT as bytes; a model over 2 GiB goes through a temporary
+    file with external data, removed on close) or a path. ``extra_outputs`` are intermediate
+    tensors added as graph outputs (on a copy). ``optimization`` is "all" | "basic" | "none";
+    ``threads`` sets ORT's intra-op thread count (None: ORT's default, all cores). ``name`` names
+    the model in messages (default: the path, or the graph name). Session creation failures
+    become ModelError with a one-line cause.
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto | str | Path,
+        *,
+        threads: int | None = None,
+        extra_outputs: Sequence[str] = (),
+        optimization: str = "all",
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        name: str | None = None,
+    ) -> None:
+        if optimization not in OPTIMIZATION_LEVELS:
+            raise UsageError(
+                f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)} (got {optimization!r})"
+            )
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise UsageError(f"--threads must be a positive integer (got {threads!r})")
+        ort = _import_ort()
+        available = ort.get_available_providers()
+        for provider in providers:
+            if provider not in available:
+                raise BackendUnavailableError(
+                    f"ONNX Runtime execution provider '{provider}' is not available (available: "
+                    f"{', '.join(available)}); install the onnxruntime build that has it"
+                )
+        self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
+        self._session: Any = None
+        self.name = name or _display_name(model)
+        source = self._prepare(model, list(extra_outputs))
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # fatal only: errors are reported through ModelError
+        options.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[optimization]
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
+        try:
+            self._session = ort.InferenceSession(source, sess_options=options, providers=list(providers))
+        except Exception as exc:  # ORT raises pybind exceptions without a common base
+            self._cleanup_tmp()
+            logger.debug("ONNX Runtime session creation failed for '%s': %s", self.name, exc)
+            raise ModelError(describe_session_error(exc, self.name)) from exc
+        self._inputs = self._read_input_specs()
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def _prepare(self, model: onnx.ModelProto | str | Path, extra: list[str]) -> str | bytes:
+        """What to hand to InferenceSession: a path or the serialized model."""
+        import onnx
+
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            if not path.is_file():
+                raise ModelError(f"model file '{path}' does not exist; check the path")
+            if not extra:
+                return str(path)
+            try:
+                model = onnx.load(str(path))
+            except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError...
+                raise ModelError(f"cannot read model '{self.name}' as ONNX: {_first_line(exc)}") from exc
+        elif not isinstance(model, onnx.ModelProto):
+            raise UsageError(f"OrtRunner needs an onnx.ModelProto or a path, got {type(model).__name__}")
+        proto = add_outputs(model, extra, model_name=self.name) if extra else model
+        if proto.ByteSize() < _MAX_INLINE_BYTES:
+            return proto.SerializeToString()
+        return self._write_temp(proto, copied=bool(extra))
+
+    def _write_temp(self, proto: onnx.ModelProto, *, copied: bool) -> str:
+        """Save a large model with external data in a private temporary directory; return the path."""
+        import onnx
+
+        if not copied:  # saving with external data rewrites the proto in place: never the caller's
+            own = onnx.ModelProto()
+            own.CopyFrom(proto)
+            proto = own
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="quant-ort-")
+        path = Path(self._tmpdir.name) / "model.onnx"
+        # onnx writes the external data file itself, next to the model, inside our private directory.
+        with atomic_output(path) as tmp:
+            onnx.save_model(
+                proto,
+                str(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location="model.onnx.data",
+            )
+        logger.debug("model '%s' is over 2 GiB; loading it through %s", self.name, path)
+        return str(path)
+
+    def _read_input_specs(self) -> list[TensorSpec]:
+        specs = []
+        for arg in self._session.get_inputs():
+            try:
+                dtype = numpy_dtype(arg.type)
+            except KeyError:
+                self.close()
+                raise ModelError(
+                    f"model '{self.name}' input '{arg.name}' has type {arg.type}; only tensor inputs of "
+                    "numeric types are supported"
+                ) from None
+            shape = tuple(d if isinstance(d, (int, str)) else None for d in arg.shape)
+            specs.append(TensorSpec(arg.name, shape, dtype))
+        return specs
+
+    # -- Runner interface ----------------------------------------------------------------------
+
+    def __enter__(self) -> OrtRunner:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def input_specs(self) -> list[TensorSpec]:
+        """Name, shape (str/None for dynamic dims) and numpy dtype of every model input."""
+        return list(self._inputs)
+
+    def output_names(self) -> list[str]:
+        """Names of every output the session produces, extra outputs included."""
+        return list(self._outputs)
+
+    def infer(
+        self, feed: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run one batch; returns the requested ``outputs`` (default: all) by name.
+
+        The feed is checked first (DataError naming the input, its shape and the expected
+        shape); a failure inside ORT becomes ModelError naming the model with ORT's first line.
+        """
+        if self._session is None:
+            raise ModelError(
+                f"the ONNX Runtime session of model '{self.name}' is closed; create a new runner"
+            )
+        check_feed(feed, self._inputs, model=self.name)
+        names = list(outputs) if outputs is not None else self._outputs
+        unknown = [n for n in names if n not in self._outputs]
+        if unknown:
+            raise ModelError(
+                f"model '{self.name}' has no output '{unknown[0]}' (outputs: {', '.join(self._outputs)}); "
+                "add it with extra_outputs"
+            )
+        try:
+            values = self._session.run(names, dict(feed), self._run_options)
+        except Exception as exc:  # ORT raises pybind exceptions without a common base
+            logger.debug("ONNX Runtime run failed for '%s': %s", self.name, exc)
+            raise ModelError(f"model '{self.name}' failed in ONNX Runtime: {_first_line(exc)}") from exc
+        return dict(zip(names, values, strict=True))
+
+    def close(self) -> None:
+        """Release the session (and the temporary model file, if any). Idempotent."""
+        self._session = None
+        self._cleanup_tmp()
+
+    def _cleanup_tmp(self) -> None:
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None

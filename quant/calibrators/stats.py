@@ -1,0 +1,440 @@
+"""Streaming per-tensor statistics: an exactly mergeable |x| histogram plus exact min/max/absmax.
+
+Design (see docs/DESIGN.md):
+
+* The histogram of one tensor has ``num_bins`` bins (default 2048) over ``[0, R]`` where ``R`` is
+  the smallest power of two >= the largest ``|x|`` seen so far (``R = 2**ceil(log2(absmax))``).
+  While every value seen is exactly zero, ``R`` is 0 and bin 0 simply counts those zeros (they
+  belong to bin 0 at any later range).
+* When a later batch exceeds ``R``, ``R`` doubles (as often as needed) and the counts are merged
+  pairwise (bins ``2k`` and ``2k+1`` become bin ``k``). With a power-of-two ``num_bins`` the bin
+  scale ``num_bins / R`` is a power of two, so ``floor(|x| * num_bins / R)`` is computed exactly in
+  float32 and pairwise merging gives *exactly* the histogram that binning at the larger range would
+  have given. Hence histograms of batches and shards merge exactly and independently of order: one
+  calibration over shard A then B equals A merged with B, bit for bit. This is why ``num_bins``
+  must be a power of two, and why calibration needs a single pass (no range-then-histogram passes).
+  (TensorRT also grows by powers of two but starts at the first batch's max, so its result depends
+  on the batch order; pytorch-quantization appends bins of equal width.)
+* Exact running min and max (signed), absmax and element count are kept next to the histogram;
+  ``counts.sum() == count`` always holds.
+* Memory grows with tensors x bins, never with samples: raw activations are reduced immediately
+  and never kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import numpy as np
+
+from quant.errors import CacheError, CalibrationError, UsageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NUM_BINS = 2048
+MIN_NUM_BINS = 128
+
+# Batches are reduced in chunks of this many elements: the float32 |x| scratch (1 MiB) and the
+# bin-index scratch (2 MiB) stay cache-resident and their size does not depend on the tensor size.
+_CHUNK = 1 << 18
+
+# Below this range the per-element scale num_bins / R would overflow float32; such tensors (all
+# values below ~1e-27) are binned through float64 instead.
+_MIN_FLOAT32_RANGE = 2.0**-100
+
+
+def check_num_bins(num_bins: object) -> int:
+    """Validate a bin count: an int, a power of two, >= 128. Raises UsageError naming --num-bins."""
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)):
+        raise UsageError(f"--num-bins must be an integer power of two >= {MIN_NUM_BINS} (got {num_bins!r})")
+    n = int(num_bins)
+    if n < MIN_NUM_BINS or n & (n - 1):
+        raise UsageError(
+            f"--num-bins must be a power of two >= {MIN_NUM_BINS} (got {n}); histograms of different "
+            "batches merge exactly only with a power-of-two bin count (e.g. 2048)"
+        )
+    return n
+
+
+def pow2_ceil(value: float) -> float:
+    """Smallest power of two >= ``value`` (> 0), exactly, for any finite positive float."""
+    mantissa, exponent = math.frexp(value)  # value = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    return math.ldexp(1.0, exponent - 1) if mantissa == 0.5 else math.ldexp(1.0, exponent)
+
+
+def _grow(counts: np.ndarray, doublings: int) -> np.ndarray:
+    """Counts of the same data at a range 2**doublings larger: merge bins pairwise, repeatedly."""
+    n = counts.shape[0]
+    out = counts
+    # After log2(n) doublings every old bin lies inside new bin 0; more doublings change nothing.
+    for _ in range(min(doublings, n.bit_length())):
+        merged = np.zeros_like(out)
+        merged[: n // 2] = out.reshape(n // 2, 2).sum(axis=1)
+        out = merged
+    return out
+
+
+def bin_abs_chunk(
+    values: np.ndarray, scale: float, num_bins: int, abs_buf: np.ndarray, idx_buf: np.ndarray
+) -> np.ndarray:
+    """Histogram counts (int64, ``num_bins``) of ``|values|`` in bins of width ``1 / scale``.
+
+    The one hot loop of calibration; kept small so it can be optimised on its own. ``values`` is a
+    1-D chunk of finite numbers with ``|values| * scale <= num_bins``; ``abs_buf`` (float32) and
+    ``idx_buf`` (intp) are scratch buffers at least as long as ``values``. Bin index is
+    ``floor(|x| * scale)`` computed in float32 (exact for a power-of-two scale); the value equal to
+    the range's upper edge lands in bin ``num_bins`` of ``bincount`` and is folded into the last
+    bin, which saves a clipping pass. ``idx_buf`` is intp rather than int32 because ``bincount``
+    would otherwise copy its input to intp.
+    """
+    size = values.shape[0]
+    a = abs_buf[:size]
+    idx = idx_buf[:size]
+    np.abs(values, out=a, casting="same_kind")
+    if scale < 2.0**100:
+        np.multiply(a, scale, out=a)
+        np.copyto(idx, a, casting="unsafe")  # truncation == floor for non-negative values
+    else:  # tiny range: the scale does not fit float32, bin in float64
+        np.copyto(idx, np.floor(a.astype(np.float64) * scale), casting="unsafe")
+    counts = np.bincount(idx, minlength=num_bins + 1)
+    counts[num_bins - 1] += counts[num_bins]
+    return counts[:num_bins]
+
+
+@dataclass(frozen=True, eq=False)
+class TensorStats:
+    """Immutable statistics of one tensor over everything collected (see the module docstring).
+
+    ``counts`` (int64, read-only, length ``num_bins``) is the histogram of ``|x|`` over
+    ``[0, hist_range]``; ``hist_range`` is a power of two or 0 (nothing but zeros seen). ``min`` and
+    ``max`` are the signed extremes (None before any element was seen), ``absmax`` the largest
+    ``|x|`` (float32 precision), ``count`` the number of elements.
+    """
+
+    num_bins: int
+    hist_range: float
+    counts: np.ndarray
+    count: int
+    min: float | None
+    max: float | None
+    absmax: float
+
+    def __post_init__(self) -> None:
+        counts = np.array(self.counts, dtype=np.int64)  # own copy, never a view of a live buffer
+        counts.setflags(write=False)
+        object.__setattr__(self, "counts", counts)
+
+    @classmethod
+    def empty(cls, num_bins: int = DEFAULT_NUM_BINS) -> TensorStats:
+        """Statistics of no data at all."""
+        n = check_num_bins(num_bins)
+        return cls(n, 0.0, np.zeros(n, dtype=np.int64), 0, None, None, 0.0)
+
+    @property
+    def bin_width(self) -> float:
+        """Width of one histogram bin (0 while nothing but zeros was seen)."""
+        return self.hist_range / self.num_bins
+
+    @property
+    def has_range(self) -> bool:
+        """False when every element seen was zero (or nothing was seen): no INT8 range exists."""
+        return self.absmax > 0.0
+
+    def merge(self, other: TensorStats) -> TensorStats:
+        """Statistics of both data sets together; exact and order-independent."""
+        if other.num_bins != self.num_bins:
+            raise CalibrationError(
+                f"cannot merge statistics with {other.num_bins} bins into statistics with "
+                f"{self.num_bins} bins; collect both with the same --num-bins"
+            )
+        hist_range = max(self.hist_range, other.hist_range)
+        counts = _at_range(self.counts, self.hist_range, hist_range) + _at_range(
+            other.counts, other.hist_range, hist_range
+        )
+        return TensorStats(
+            num_bins=self.num_bins,
+            hist_range=hist_range,
+            counts=counts,
+            count=self.count + other.count,
+            min=_opt(min, self.min, other.min),
+            max=_opt(max, self.max, other.max),
+            absmax=max(self.absmax, other.absmax),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorStats):
+            return NotImplemented
+        return (
+            self.num_bins == other.num_bins
+            and self.hist_range == other.hist_range
+            and self.count == other.count
+            and self.min == other.min
+            and self.max == other.max
+            and self.absmax == other.absmax
+            and bool(np.array_equal(self.counts, other.counts))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (counts as a list of ints)."""
+        return {
+            "num_bins": self.num_bins,
+            "hist_range": self.hist_range,
+            "count": self.count,
+            "min": self.min,
+            "max": self.max,
+            "absmax": self.absmax,
+            "counts": [int(c) for c in self.counts],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "statistics") -> TensorStats:
+        """Inverse of :meth:`to_dict`; CacheError naming ``source`` and the field on bad content."""
+        if not isinstance(data, Mapping):
+            raise CacheError(
+                f"{source}: expected an object with tensor statistics, got {type(data).__name__}"
+            )
+        missing = [
+            k for k in ("num_bins", "hist_range", "count", "min", "max", "absmax", "counts") if k not in data
+        ]
+        if missing:
+            raise CacheError(f"{source}: field '{missing[0]}' is missing; the statistics are incomplete")
+        num_bins = _int_field(data, "num_bins", source)
+        if num_bins < MIN_NUM_BINS or num_bins & (num_bins - 1):
+            raise CacheError(
+                f"{source}: field 'num_bins' must be a power of two >= {MIN_NUM_BINS} (got {num_bins})"
+            )
+        hist_range = _float_field(data, "hist_range", source)
+        absmax = _float_field(data, "absmax", source)
+        count = _int_field(data, "count", source)
+        lo = None if data["min"] is None else _float_field(data, "min", source)
+        hi = None if data["max"] is None else _float_field(data, "max", source)
+        raw = data["counts"]
+        if not isinstance(raw, list) or len(raw) != num_bins:
+            raise CacheError(f"{source}: field 'counts' must be a list of {num_bins} integers")
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in raw):
+            raise CacheError(f"{source}: field 'counts' must hold non-negative integers")
+        counts = np.array(raw, dtype=np.int64)
+        if int(counts.sum()) != count:
+            raise CacheError(
+                f"{source}: field 'counts' sums to {int(counts.sum())}, not to 'count' = {count}"
+            )
+        expected_range = pow2_ceil(absmax) if absmax > 0 else 0.0
+        if absmax < 0 or hist_range != expected_range:
+            raise CacheError(
+                f"{source}: field 'hist_range' = {hist_range} does not fit 'absmax' = {absmax} "
+                f"(expected {expected_range}); the statistics are corrupt"
+            )
+        if (lo is None) != (count == 0) or (hi is None) != (count == 0):
+            raise CacheError(f"{source}: fields 'min'/'max' must be null exactly when 'count' is 0")
+        return cls(num_bins, hist_range, counts, count, lo, hi, absmax)
+
+
+def _opt(fn: Any, a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return float(fn(a, b))
+
+
+def _at_range(counts: np.ndarray, hist_range: float, target: float) -> np.ndarray:
+    """Counts brought from ``hist_range`` up to the (larger or equal) power-of-two ``target``."""
+    if hist_range == 0.0 or hist_range == target:  # R == 0: only bin 0 (exact zeros) is filled
+        return counts
+    return _grow(counts, round(math.log2(target / hist_range)))
+
+
+def _int_field(data: Mapping[str, Any], key: str, source: str) -> int:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise CacheError(f"{source}: field '{key}' must be a non-negative integer (got {value!r})")
+    return value
+
+
+def _float_field(data: Mapping[str, Any], key: str, source: str) -> float:
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CacheError(f"{source}: field '{key}' must be a finite number (got {value!r})")
+    return float(value)
+
+
+class _Scratch:
+    """Chunk-sized scratch buffers shared by all tensors of one collector (not thread-safe)."""
+
+    def __init__(self) -> None:
+        self.abs_buf = np.empty(_CHUNK, dtype=np.float32)
+        self.idx_buf = np.empty(_CHUNK, dtype=np.intp)
+
+
+class StatsAccumulator:
+    """In-place accumulator behind :class:`TensorStats` for one named tensor."""
+
+    def __init__(self, name: str, num_bins: int = DEFAULT_NUM_BINS) -> None:
+        self.name = name
+        self.num_bins = check_num_bins(num_bins)
+        self.hist_range = 0.0
+        self.counts = np.zeros(self.num_bins, dtype=np.int64)
+        self.count = 0
+        self.min: float | None = None
+        self.max: float | None = None
+        self.absmax = 0.0
+        self.batches = 0
+
+    def update(
+        self, array: np.ndarray, *, batch_index: int | None = None, scratch: _Scratch | None = None
+    ) -> None:
+        """Add one batch. All-or-nothing: a batch with NaN/inf raises CalibrationError and changes nothing."""
+        batch = self.batches if batch_index is None else batch_index
+        x = np.asarray(array)
+        if x.dtype.kind not in "fiub":
+            raise CalibrationError(
+                f"tensor '{self.name}' has dtype {x.dtype} in calibration batch {batch}; only numeric "
+                "tensors can be calibrated (exclude the tensor)"
+            )
+        if x.dtype.kind == "b":
+            x = x.astype(np.uint8)
+        flat = x.reshape(-1)  # a view for the contiguous arrays ONNX Runtime returns
+        bufs = scratch if scratch is not None else _Scratch()
+        nb = self.num_bins
+        hist_range = self.hist_range
+        local = np.zeros(nb, dtype=np.int64)  # this batch's counts at range hist_range
+        lo: float | None = None
+        hi: float | None = None
+        absmax = 0.0
+        for start in range(0, flat.shape[0], _CHUNK):
+            chunk = flat[start : start + _CHUNK]
+            cmin = float(chunk.min())
+            cmax = float(chunk.max())
+            if not (math.isfinite(cmin) and math.isfinite(cmax)):
+                self._raise_non_finite(chunk, batch)
+            # |x| as the float32 the histogram sees (values beyond float32 range overflow to inf)
+            with np.errstate(over="ignore"):
+                cabs = float(np.float32(max(-cmin, cmax)))
+            if math.isinf(cabs):
+                raise CalibrationError(
+                    f"tensor '{self.name}' has values beyond the float32 range in calibration batch "
+                    f"{batch}; check the input data and preprocessing (or exclude the tensor)"
+                )
+            lo = cmin if lo is None else min(lo, cmin)
+            hi = cmax if hi is None else max(hi, cmax)
+            absmax = max(absmax, cabs)
+            if cabs == 0.0:  # all zeros: bin 0 at any range
+                local[0] += chunk.shape[0]
+                continue
+            if cabs > hist_range:
+                new_range = pow2_ceil(cabs)
+                local = _at_range(local, hist_range, new_range)
+                hist_range = new_range
+            local += bin_abs_chunk(chunk, nb / hist_range, nb, bufs.abs_buf, bufs.idx_buf)
+        # commit the whole batch at once
+        self.counts = _at_range(self.counts, self.hist_range, hist_range) + local
+        self.hist_range = hist_range
+        self.count += int(flat.shape[0])
+        self.min = _opt(min, self.min, lo)
+        self.max = _opt(max, self.max, hi)
+        self.absmax = max(self.absmax, absmax)
+        self.batches += 1
+
+    def _raise_non_finite(self, chunk: np.ndarray, batch: int) -> NoReturn:
+        what = "NaN" if bool(np.isnan(chunk).any()) else "infinite"
+        raise CalibrationError(
+            f"tensor '{self.name}' has {what} values in calibration batch {batch}; check the input "
+            "data and preprocessing (or exclude the tensor)"
+        )
+
+    def merge(self, stats: TensorStats) -> None:
+        """Add statistics collected elsewhere (another shard)."""
+        merged = self.snapshot().merge(stats)
+        self.hist_range = merged.hist_range
+        self.counts = np.array(merged.counts)
+        self.count = merged.count
+        self.min = merged.min
+        self.max = merged.max
+        self.absmax = merged.absmax
+
+    def snapshot(self) -> TensorStats:
+        """The current statistics as an immutable value (copies the counts)."""
+        return TensorStats(
+            self.num_bins, self.hist_range, self.counts, self.count, self.min, self.max, self.absmax
+        )
+
+
+class StatsCollector:
+    """Streaming statistics of many named tensors: ``collect`` per batch, ``stats()`` at the end.
+
+    Memory is O(tensors x bins) plus two fixed chunk-sized scratch buffers; collected arrays are
+    reduced at once and never referenced afterwards. Not thread-safe (the scratch is shared).
+    """
+
+    def __init__(self, num_bins: int = DEFAULT_NUM_BINS) -> None:
+        self.num_bins = check_num_bins(num_bins)
+        self._acc: dict[str, StatsAccumulator] = {}
+        self._scratch: _Scratch | None = None
+
+    def collect(self, name: str, array: np.ndarray, batch_index: int | None = None) -> None:
+        """Reduce one batch of tensor ``name`` into its statistics.
+
+        ``batch_index`` only names the batch in error messages (default: the number of batches
+        this tensor has seen so far). NaN / inf values raise CalibrationError naming the tensor and
+        the batch, and leave the statistics unchanged.
+        """
+        acc = self._acc.get(name)
+        if acc is None:
+            acc = StatsAccumulator(name, self.num_bins)
+            self._acc[name] = acc
+        if self._scratch is None:
+            self._scratch = _Scratch()
+        acc.update(array, batch_index=batch_index, scratch=self._scratch)
+
+    def reset(self) -> None:
+        """Forget everything collected."""
+        self._acc.clear()
+
+    def stats(self) -> dict[str, TensorStats]:
+        """Immutable snapshots of every tensor's statistics, in first-collected order."""
+        return {name: acc.snapshot() for name, acc in self._acc.items()}
+
+    def merge(self, other: StatsCollector | Mapping[str, TensorStats]) -> None:
+        """Add another collector's (or a ``stats()`` dict's) statistics, e.g. of another shard."""
+        items = other.stats() if isinstance(other, StatsCollector) else other
+        for name, st in items.items():
+            if st.num_bins != self.num_bins:
+                raise CalibrationError(
+                    f"cannot merge statistics of tensor '{name}' with {st.num_bins} bins into a "
+                    f"collector with {self.num_bins} bins; collect both with the same --num-bins"
+                )
+        for name, st in items.items():
+            acc = self._acc.get(name)
+            if acc is None:
+                acc = StatsAccumulator(name, self.num_bins)
+                self._acc[name] = acc
+            acc.merge(st)
+
+    @classmethod
+    def from_stats(cls, stats: Mapping[str, TensorStats], num_bins: int | None = None) -> StatsCollector:
+        """A collector holding ``stats`` (e.g. loaded from a file), ready to collect more."""
+        if num_bins is None:
+            num_bins = next(iter(stats.values())).num_bins if stats else DEFAULT_NUM_BINS
+        collector = cls(num_bins)
+        collector.merge(stats)
+        return collector
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._acc
+
+    def __len__(self) -> int:
+        return len(self._acc)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._acc)
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the tensors collected so far."""
+        return list(self._acc)
