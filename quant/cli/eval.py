@@ -1,0 +1,82 @@
+"""quant eval: the same samples through FP32, FP16 and INT8; accuracy, agreement, fidelity, speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from quant.cli.options import (
+    COMMA_LIST,
+    data_options,
+    echo,
+    flatten,
+    make_data_options,
+    progress_option,
+    verbose_option,
+    want_progress,
+)
+
+
+@click.command(
+    "eval",
+    epilog="""\b
+Examples:
+  quant eval model.onnx --data val_images/ --cache model.cache --report report.json
+  quant eval model.onnx --data val.npz --int8-model model.int8.onnx --precisions fp32,int8
+""",
+)
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@data_options(batch_default=32, required=True)
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Calibration cache; the INT8 model is built from it in memory.")
+@click.option("--int8-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An already built Q/DQ model (e.g. from quant build or a QAT export) for the int8 column.")
+@click.option("--precisions", default="fp32,fp16,int8", show_default=True, metavar="LIST",
+              help="Any of fp32, fp16, int8 (TensorRT placement), int8-ort (ONNX Runtime CPU form).")
+@click.option("--exclude", multiple=True, type=COMMA_LIST, metavar="NAMES", help="Node names or op types kept in float.")
+@click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write report.json here.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@progress_option()
+@verbose_option()
+def eval_command(
+    model: Path,
+    data: str,
+    max_samples: int | None,
+    seed: int,
+    batch_size: int,
+    preprocess: str | None,
+    on_bad_image: str,
+    workers: int | None,
+    cache: Path | None,
+    int8_model: Path | None,
+    precisions: str,
+    exclude: tuple[tuple[str, ...], ...],
+    report: Path | None,
+    threads: int | None,
+    progress: bool | None,
+) -> None:
+    """Evaluate MODEL in several precisions on --data and print a table.
+
+    Per precision: top-1 / top-5 accuracy when the data has labels, top-1 agreement with FP32,
+    and per output cosine similarity, SQNR (dB), mean relative and max absolute error against
+    FP32, plus latency per batch and throughput (ONNX Runtime on this CPU).
+    """
+    import sys
+
+    from quant import api
+    from quant.config import EvalOptions, parse_precisions
+    from quant.report.table import render_table
+
+    opts = EvalOptions(precisions=parse_precisions(precisions), threads=threads)
+    data_opts = make_data_options(
+        data, max_samples=max_samples, seed=seed, batch_size=batch_size,
+        preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,
+    )
+    rep = api.evaluate(
+        model, data_opts, cache=cache, int8_model=int8_model, options=opts, exclude=flatten(exclude),
+        report=report, progress=want_progress(progress), command=["quant", *sys.argv[1:]],
+    )
+    echo(render_table(rep))
+    if report is not None:
+        echo(f"report: {report}")

@@ -1,0 +1,119 @@
+"""Typed configuration shared by the Python API and the CLI.
+
+Every option a command takes lives in one of these frozen dataclasses, so the CLI is a thin
+parser and every command is callable from Python with the same knobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from quant.errors import UsageError
+
+Method = Literal["entropy", "minmax", "percentile", "mse"]
+Scope = Literal["all", "qdq"]
+Target = Literal["tensorrt", "onnxruntime"]
+OnBadImage = Literal["fail", "skip"]
+
+METHODS: tuple[str, ...] = ("entropy", "minmax", "percentile", "mse")
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-ort")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where samples come from and how they are turned into model inputs.
+
+    ``path`` is an image folder, a .npy / .npz file, or ``demo:calib`` / ``demo:eval``.
+    ``preprocess`` is a preset name or ``key=value,...`` overrides (see quant.datasets.preprocess);
+    None takes everything from the model's input shape with the ``unit`` preset.
+    """
+
+    path: str
+    preprocess: str | None = None
+    max_samples: int | None = None
+    seed: int = 0
+    batch_size: int = 8
+    on_bad_image: OnBadImage = "fail"
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_samples is not None and self.max_samples <= 0:
+            raise UsageError(f"--max-samples must be at least 1, got {self.max_samples}")
+        if self.batch_size <= 0:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.on_bad_image not in ("fail", "skip"):
+            raise UsageError(f"--on-bad-image must be 'fail' or 'skip', got {self.on_bad_image!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """How activation ranges are computed and how the cache is written."""
+
+    method: Method = "entropy"
+    percentile: float = 99.99
+    num_bins: int = 2048
+    scope: Scope = "all"
+    trt_version: str | None = None  # e.g. "10.3" or "8.6"; None = quant's default TensorRT 10 header
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise UsageError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if self.scope not in ("all", "qdq"):
+            raise UsageError(f"--scope must be 'all' or 'qdq', got {self.scope!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How the INT8 (or FP16) ONNX model is built from a model and a cache."""
+
+    precision: Literal["int8", "fp16", "fp32"] = "int8"
+    target: Target = "tensorrt"
+    exclude: tuple[str, ...] = ()
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("int8", "fp16", "fp32"):
+            raise UsageError(f"--precision must be int8, fp16 or fp32, got {self.precision!r}")
+        if self.target not in ("tensorrt", "onnxruntime"):
+            raise UsageError(f"--target must be 'tensorrt' or 'onnxruntime', got {self.target!r}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Which precisions are evaluated and how."""
+
+    precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    warmup: int = 1
+    threads: int | None = None
+    classifier_output: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown:
+            raise UsageError(
+                f"--precisions: unknown precision {unknown[0]!r}; choose from {', '.join(PRECISIONS)}"
+            )
+        if not self.precisions:
+            raise UsageError("--precisions must name at least one precision")
+        if len(set(self.precisions)) != len(self.precisions):
+            raise UsageError("--precisions lists a precision twice")
+
+
+def parse_precisions(text: str) -> tuple[str, ...]:
+    """Parse ``fp32,fp16,int8`` into a validated tuple (fp32 always first when present)."""
+    items = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    EvalOptions(precisions=items)  # validates
+    return items
