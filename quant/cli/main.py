@@ -66,7 +66,6 @@ def _configure_logging(*, verbose: bool, quiet: bool) -> None:
     handler.setFormatter(_Formatter())
     root.addHandler(handler)
     root.setLevel(level)
-    root.propagate = False
 
 
 class _Formatter(logging.Formatter):
