@@ -1,0 +1,199 @@
+"""``model.engine.json``: what an engine was built with and for (pure checks + small I/O).
+
+A TensorRT engine runs only with the TensorRT version that built it and on the GPU model it was
+built for (calibration caches are portable; engines are not). The sidecar records the TensorRT
+version, the GPU name and compute capability, the precision, the build options and fingerprints
+of the model and cache, so that loading an engine elsewhere fails with a message that says why
+and what to do, instead of TensorRT's deserialization error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quant._io import atomic_write
+from quant.errors import ModelError
+
+ENGINE_SIDECAR_SCHEMA = "quant.engine-sidecar"
+ENGINE_SIDECAR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """A GPU model: name (``NVIDIA H100 80GB HBM3``), compute capability (``9.0``), memory."""
+
+    name: str
+    compute_capability: str
+    memory_mb: int = 0
+
+    def describe(self) -> str:
+        return f"{self.name} (sm_{self.compute_capability.replace('.', '')})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "compute_capability": self.compute_capability, "memory_mb": self.memory_mb}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GpuInfo:
+        return cls(
+            name=str(d["name"]),
+            compute_capability=str(d["compute_capability"]),
+            memory_mb=int(d.get("memory_mb", 0) or 0),
+        )
+
+
+@dataclass(frozen=True)
+class EngineSidecar:
+    """What ``model.engine.json`` holds."""
+
+    trt_version: str
+    gpu: GpuInfo
+    precision: str
+    mode: str
+    model: str
+    model_sha256: str | None = None
+    cache: str | None = None
+    cache_sha256: str | None = None
+    engine_sha256: str | None = None
+    build_options: dict[str, Any] = field(default_factory=dict)
+    messages: tuple[str, ...] = ()
+    quant_version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": ENGINE_SIDECAR_SCHEMA,
+            "schema_version": ENGINE_SIDECAR_VERSION,
+            "trt_version": self.trt_version,
+            "gpu": self.gpu.to_dict(),
+            "precision": self.precision,
+            "mode": self.mode,
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "cache": self.cache,
+            "cache_sha256": self.cache_sha256,
+            "engine_sha256": self.engine_sha256,
+            "build_options": dict(self.build_options),
+            "messages": list(self.messages),
+            "quant_version": self.quant_version,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "engine sidecar") -> EngineSidecar:
+        if not isinstance(d, Mapping) or d.get("schema") != ENGINE_SIDECAR_SCHEMA:
+            raise ModelError(
+                f"'{source}' is not a quant engine sidecar (no schema '{ENGINE_SIDECAR_SCHEMA}'); "
+                f"rename or delete it"
+            )
+        version = d.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ModelError(f"'{source}' has no valid schema_version; rebuild the engine")
+        if version > ENGINE_SIDECAR_VERSION:
+            raise ModelError(
+                f"'{source}' has schema_version {version}, newer than this quant understands "
+                f"({ENGINE_SIDECAR_VERSION}); upgrade quant"
+            )
+        try:
+            return cls(
+                trt_version=str(d["trt_version"]),
+                gpu=GpuInfo.from_dict(d["gpu"]),
+                precision=str(d["precision"]),
+                mode=str(d["mode"]),
+                model=str(d["model"]),
+                model_sha256=d.get("model_sha256"),
+                cache=d.get("cache"),
+                cache_sha256=d.get("cache_sha256"),
+                engine_sha256=d.get("engine_sha256"),
+                build_options=dict(d.get("build_options") or {}),
+                messages=tuple(str(m) for m in d.get("messages") or ()),
+                quant_version=str(d.get("quant_version", "")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"'{source}' is malformed ({exc!r}); rebuild the engine") from exc
+
+
+def engine_sidecar_path(engine_path: str | os.PathLike[str]) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    return Path(os.fspath(engine_path) + ".json")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_engine_sidecar(engine_path: str | os.PathLike[str], sidecar: EngineSidecar) -> Path:
+    path = engine_sidecar_path(engine_path)
+    atomic_write(path, json.dumps(sidecar.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_engine_sidecar(engine_path: str | os.PathLike[str]) -> EngineSidecar | None:
+    """The engine's sidecar, or None when there is none. ModelError when it is unreadable."""
+    path = engine_sidecar_path(engine_path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"engine sidecar '{path}' cannot be read ({exc}); delete it or rebuild the engine") from exc
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(
+            f"engine sidecar '{path}' is not valid JSON (line {exc.lineno}: {exc.msg}); delete it or "
+            f"rebuild the engine"
+        ) from exc
+    return EngineSidecar.from_dict(doc, source=str(path))
+
+
+def _same_trt(a: str, b: str) -> bool:
+    """Engines are tied to major.minor.patch; the build number is compared when both have one."""
+    from quant.backends.tensorrt.versions import TrtVersion
+    from quant.errors import UsageError
+
+    try:
+        va, vb = TrtVersion.parse(a), TrtVersion.parse(b)
+    except UsageError:
+        return a == b
+    if (va.major, va.minor, va.patch) != (vb.major, vb.minor, vb.patch):
+        return False
+    return not (va.build and vb.build and va.build != vb.build)
+
+
+def check_engine_compatible(
+    sidecar: EngineSidecar, *, engine: str | os.PathLike[str], trt_version: str, gpu: GpuInfo
+) -> None:
+    """ModelError when the engine was built with another TensorRT version or for another GPU."""
+    problems: list[str] = []
+    if not _same_trt(sidecar.trt_version, trt_version):
+        problems.append(f"TensorRT {sidecar.trt_version} (this machine has {trt_version})")
+    if sidecar.gpu.compute_capability != gpu.compute_capability or sidecar.gpu.name != gpu.name:
+        problems.append(f"GPU {sidecar.gpu.describe()} (this machine has {gpu.describe()})")
+    if problems:
+        cache = f" --cache {sidecar.cache}" if sidecar.cache else ""
+        raise ModelError(
+            f"engine '{engine}' was built for {' and '.join(problems)}; TensorRT engines are not "
+            f"portable across TensorRT versions or GPUs (calibration caches are): rebuild it here with "
+            f"'quant build {sidecar.model}{cache} --backend tensorrt --precision {sidecar.precision}'"
+        )
+
+
+__all__ = [
+    "ENGINE_SIDECAR_SCHEMA",
+    "ENGINE_SIDECAR_VERSION",
+    "EngineSidecar",
+    "GpuInfo",
+    "check_engine_compatible",
+    "engine_sidecar_path",
+    "read_engine_sidecar",
+    "sha256_file",
+    "write_engine_sidecar",
+]
