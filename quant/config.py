@@ -91,6 +91,35 @@ class BuildOptions:
 
 
 @dataclass(frozen=True)
+class FallbackOptions:
+    """Automatic mixed precision for ``quant build``: keep the most sensitive layers in float until
+    the INT8 model loses at most ``accuracy_budget`` points of top-1 against FP32 (accuracy on
+    labels when the data has them, else 100 - top-1 agreement) and/or its worst output SQNR is at
+    least ``min_sqnr`` dB, measured on the build's ``--data``. ``report`` is the fallback file
+    (default ``<output>.fallback.json``). See docs/SENSITIVITY.md."""
+
+    accuracy_budget: float | None = None
+    min_sqnr: float | None = None
+    report: str | None = None
+    classifier_output: str | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.accuracy_budget is not None and not 0.0 <= self.accuracy_budget <= 100.0:
+            raise UsageError(f"--accuracy-budget must be between 0 and 100 points, got {self.accuracy_budget}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {self.threads}")
+
+    @property
+    def active(self) -> bool:
+        """True when a budget is set (the build then measures and falls back)."""
+        return self.accuracy_budget is not None or self.min_sqnr is not None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class EvalOptions:
     """Which precisions are evaluated and how."""
 

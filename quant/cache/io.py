@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from quant._io import atomic_write
+from quant._io import atomic_write, commit_together
 from quant.cache.detect import parse_cache_bytes
 from quant.cache.trt import (
     DEFAULT_TRT_VERSION,
@@ -75,11 +75,14 @@ def write_cache(
     ``algorithm`` defaults to :func:`quant.cache.trt.algorithm_for_method` of the result's method.
     Returns ``(cache path, sidecar path)``.
 
-    Order: the sidecar is written (atomically) first, the cache last, so the cache's rename is the
-    commit point. An interruption before it leaves the previous cache with the new sidecar, or no
-    cache at all; ``read_cache`` then fails loudly on the hash mismatch (or the missing file) instead
-    of using a half-updated pair. A new cache never exists without its sidecar, and a cache used by
-    TensorRT alone is always a complete, previous or new, file.
+    Both files are written as one set (:func:`quant._io.commit_together`): both temporary files
+    are complete before either is renamed, the two renames run under a directory lock (a second
+    process writing the same cache cannot interleave its pair) with Ctrl-C / SIGTERM held back
+    until both are done. An error or interrupt before the renames leaves the previous pair
+    untouched. Only a SIGKILL or power loss between the two renames (microseconds) can leave the
+    new sidecar with the old cache; ``read_cache`` then fails loudly on the hash mismatch and
+    ``quant calibrate`` recalibrates, instead of using a half-updated pair. The sidecar is renamed
+    first, so a new cache never exists without its sidecar.
     """
     calibration = dict(result.to_dict()) if hasattr(result, "to_dict") else dict(result)
     amax = calibration.get("amax")
@@ -117,8 +120,9 @@ def write_cache(
             f"cannot write sidecar '{side}': the calibration result is not plain JSON data ({exc}); "
             f"check the calibration parameters"
         ) from exc
-    atomic_write(side, sidecar_text)
-    atomic_write(cache, cache_bytes)
+    with commit_together():
+        atomic_write(side, sidecar_text)
+        atomic_write(cache, cache_bytes)
     logger.info(
         "wrote cache '%s' (%d tensors, %s) and sidecar '%s'", cache, text.count("\n") - 1, algorithm, side
     )

@@ -362,7 +362,8 @@ def parse_trt_cache(text: str, *, source: str) -> ParsedCache:
     Accepts the quirks of real files: names with colons (split on the last ``": "``), short hex
     and a bare ``0``, CRLF line ends, a missing final newline, blank lines. Raises CacheError naming
     ``source`` and the line for anything else: empty text, missing header, unknown algorithm, a
-    line that is not ``name: hex``, bad hex, a truncated last line, duplicate names, negative /
+    line that is not ``name: hex``, bad hex, a truncated last line (one that does not parse, or
+    ends in a short non-zero hex with no newline after it), duplicate names, negative /
     NaN / infinite scales, binary bytes.
     """
     warnings: list[str] = []
@@ -445,6 +446,13 @@ def parse_trt_cache(text: str, *, source: str) -> ParsedCache:
             )
         if name == "":
             raise CacheError(f"{where}: empty tensor name; fix or remove the line")
+        if truncated and len(value) < 8 and int(value, 16) != 0:
+            # A cut-off 8-digit scale still parses as short hex (a tiny, wrong scale): with no final
+            # newline after it, a short value is far more likely a truncated file than a quirk.
+            raise CacheError(
+                f"{where}: last line '{_short(raw)}' has no newline and a short scale '{value}'; the "
+                f"file looks truncated, recalibrate"
+            )
         if name in first_seen:
             raise CacheError(
                 f"{where}: tensor '{_short(name)}' appears twice (first on line {first_seen[name]}); "

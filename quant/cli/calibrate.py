@@ -24,19 +24,27 @@ Examples:
   quant calibrate model.onnx --data calib_images/ --cache model.cache
   quant calibrate model.onnx --data calib.npz --method percentile --percentile 99.9 --cache model.cache
   quant calibrate model.onnx --data calib/ --cache model.cache --trt-version 8.6
+  quant calibrate model.onnx --data calib/ --cache model.cache --recollect
+  quant calibrate model.onnx --from-stats all.stats.npz --method mse --cache model.cache
 """,
 )
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@data_options(batch_default=8, required=True)
+@data_options(batch_default=8, required=False)
 @method_options()
 @click.option("--cache", "cache", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Cache to write (TensorRT text format) plus CACHE.json. Default: MODEL with .cache suffix.")
-@click.option("--force", is_flag=True, help="Recalibrate even when the existing cache matches model, data and method.")
+              help="Cache to write (TensorRT text format) plus CACHE.json (sidecar) and CACHE.stats.npz "
+              "(histograms). Default: MODEL with .cache suffix.")
+@click.option("--from-stats", "from_stats", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="STATS",
+              help="Write the cache from a statistics file (CACHE.stats.npz or 'quant merge-stats' output) "
+              "instead of data: no --data, the model is not run.")
+@click.option("--force", "--recollect", "force", is_flag=True,
+              help="Run the model over the data again even when the cache or the saved statistics match.")
 @progress_option()
 @verbose_option()
 def calibrate_command(
     model: Path,
-    data: str,
+    data: str | None,
     max_samples: int | None,
     seed: int,
     batch_size: int,
@@ -48,16 +56,22 @@ def calibrate_command(
     trt_version: str | None,
     scope: str,
     cache: Path | None,
+    from_stats: Path | None,
     force: bool,
     progress: bool | None,
 ) -> None:
     """Calibrate MODEL on --data and write a TensorRT calibration cache.
 
     The model runs in ONNX Runtime on CPU; every activation is reduced batch by batch into a
-    histogram (memory does not grow with the number of samples). The cache is TensorRT's text
-    format (`TRT-<version>-<algorithm>` header, `name: hex-scale` lines); CACHE.json records the
-    exact ranges, the method and fingerprints of the model and data, so an unchanged cache is
-    reused and a stale one is detected.
+    histogram (memory does not grow with the number of samples). Three files are written: the
+    cache in TensorRT's text format (`TRT-<version>-<algorithm>` header, `name: hex-scale`
+    lines), CACHE.json (exact ranges, method, fingerprints of model and data) and
+    CACHE.stats.npz (the histograms).
+
+    Run again, the command does the least work that is still correct: a cache whose model, data
+    and method are unchanged is reused; with another --method (or --percentile) the ranges are
+    recomputed from CACHE.stats.npz without running the model; a changed model or data set is
+    named and recalibrated. --force/--recollect always runs the model.
     """
     from quant import api
     from quant.config import CalibrationOptions
@@ -68,19 +82,42 @@ def calibrate_command(
         scope=scope,  # type: ignore[arg-type]
         trt_version=trt_version,
     )
-    data_opts = make_data_options(
-        data, max_samples=max_samples, seed=seed, batch_size=batch_size,
-        preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,
-    )
     cache = cache or model.with_suffix(".cache")
-    outcome = api.calibrate(model, data_opts, cache=cache, options=opts, force=force, progress=want_progress(progress))
+    if from_stats is not None:
+        if data is not None:
+            raise click.UsageError("--data and --from-stats exclude each other: the statistics replace the data")
+        if force:
+            raise click.UsageError("--force/--recollect need --data: --from-stats never runs the model")
+        outcome = api.calibrate_from_stats(model, from_stats, cache=cache, options=opts)
+    else:
+        if data is None:
+            raise click.UsageError("Missing option '--data' (or give --from-stats STATS)")
+        data_opts = make_data_options(
+            data, max_samples=max_samples, seed=seed, batch_size=batch_size,
+            preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,
+        )
+        outcome = api.calibrate(
+            model, data_opts, cache=cache, options=opts, force=force, progress=want_progress(progress)
+        )
     echo(outcome.message)
-    echo(f"cache:   {outcome.cache_path} (header {_header(outcome.cache_path)})")
+    echo(f"cache:   {outcome.cache_path} ({_header(outcome.cache_path)})")
     echo(f"sidecar: {outcome.sidecar_path}")
-    if not outcome.reused:
-        echo(f"time:    {outcome.seconds:.2f} s")
+    if outcome.stats_path is not None:
+        echo(f"stats:   {outcome.stats_path}")
+    echo(f"time:    {outcome.seconds:.2f} s")
 
 
 def _header(path: Path) -> str:
+    """The cache's first line and the TensorRT version it names."""
+    from quant.cache.trt import decode_trt_version
+    from quant.errors import QuantError
+
     with open(path, encoding="utf-8", errors="replace") as fh:
-        return fh.readline().strip()
+        header = fh.readline().strip()
+    parts = header.split("-")
+    if len(parts) >= 3 and parts[1].isdigit():
+        try:
+            return f"header {header}, TensorRT {decode_trt_version(int(parts[1]))}"
+        except QuantError:
+            pass
+    return f"header {header}"

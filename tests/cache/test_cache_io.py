@@ -101,11 +101,12 @@ def test_write_errors(tmp_path: Path, result: CalibrationResult) -> None:
     assert not (tmp_path / "a.cache").exists()
 
 
-def test_interrupted_write_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sidecar is written first; if the cache write then fails, the old cache stays and the
-    new sidecar no longer matches it, so read_cache refuses the pair instead of mixing them."""
-    cache, _ = write_cache(tmp_path / "m.cache", make_result(amax={"a": 1.0}))
-    old = cache.read_bytes()
+def test_interrupted_write_leaves_previous_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cache and sidecar are one set (commit_together): an interrupt while the cache is being
+    written, after the new sidecar was already written to its temporary file, leaves the previous
+    pair byte-identical and usable, and no temporary file behind."""
+    cache, side = write_cache(tmp_path / "m.cache", make_result(amax={"a": 1.0}))
+    old, old_side = cache.read_bytes(), side.read_bytes()
     real = cache_io.atomic_write
 
     def fail_on_cache(path, data, **kw):
@@ -117,9 +118,9 @@ def test_interrupted_write_is_detected(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(KeyboardInterrupt):
         write_cache(cache, make_result(amax={"a": 2.0}))
     monkeypatch.undo()
-    assert cache.read_bytes() == old
-    with pytest.raises(CacheError, match="does not match cache"):
-        read_cache(cache)
+    assert cache.read_bytes() == old and side.read_bytes() == old_side
+    assert read_cache(cache).amax == {"a": 1.0}
+    assert not list(tmp_path.glob(".quant-tmp-*"))
 
 
 # --------------------------------------------------------------------------------------------
