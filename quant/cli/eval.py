@@ -24,6 +24,7 @@ from quant.cli.options import (
 Examples:
   quant eval model.onnx --data val_images/ --cache model.cache --report report.json
   quant eval model.onnx --data val.npz --int8-model model.int8.onnx --precisions fp32,int8
+  quant eval model.onnx --data val/ --cache model.cache --layers --report report.json
 """,
 )
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
@@ -37,6 +38,9 @@ Examples:
 @click.option("--exclude", multiple=True, type=COMMA_LIST, metavar="NAMES", help="Node names or op types kept in float.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write report.json here.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--layers", is_flag=True,
+              help="Also measure each INT8 layer's error against FP32 (first 64 samples) and keep the worst "
+              "layers' activation histograms (needs --cache or --int8-model); shown by 'quant report -o'.")
 @progress_option()
 @verbose_option()
 def eval_command(
@@ -54,6 +58,7 @@ def eval_command(
     exclude: tuple[tuple[str, ...], ...],
     report: Path | None,
     threads: int | None,
+    layers: bool,
     progress: bool | None,
 ) -> None:
     """Evaluate MODEL in several precisions on --data and print a table.
@@ -75,8 +80,12 @@ def eval_command(
     )
     rep = api.evaluate(
         model, data_opts, cache=cache, int8_model=int8_model, options=opts, exclude=flatten(exclude),
-        report=report, progress=want_progress(progress), command=["quant", *sys.argv[1:]],
+        report=report, progress=want_progress(progress), command=["quant", *sys.argv[1:]], layers=layers,
     )
     echo(render_table(rep))
+    if layers:
+        from quant.report.html import worst_layer_line
+
+        echo(worst_layer_line(rep))
     if report is not None:
-        echo(f"report: {report}")
+        echo(f"report: {report}" + (f" (HTML with the per-layer charts: quant report {report} -o report.html)" if layers else ""))
