@@ -2,15 +2,21 @@
 
 Error policy: a QuantError prints one line on stderr and exits with its exit code (1 for a
 failure, 2 for bad usage); click's usage errors exit 2 with one line; an unexpected exception
-prints one line naming it; tracebacks only with --verbose. Ctrl-C exits 130.
+prints one line naming it; tracebacks only with --verbose. Ctrl-C exits 130, SIGTERM 143, both
+after the temporary file of any write in progress is removed (previous outputs stay intact).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from types import FrameType
+from typing import NoReturn
 
 import click
 
@@ -105,22 +111,58 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``), raised like Ctrl-C so that temporary files are cleaned up."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _process_state() -> Iterator[None]:
+    """What the command-line process sets up around a command, undone afterwards.
+
+    SIGTERM raises :class:`Terminated` (exit 143 after cleanup, like Ctrl-C's 130). Two library
+    warnings that would add raw lines to stderr are silenced: Pillow's DecompressionBombWarning
+    (quant refuses such images itself, with a one-line error naming the file) and NumPy's note on
+    .npy headers written by Python 2 (harmless: the file is read correctly).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=r"Reading `\.npy` or `\.npz` file required additional header")
+        try:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread: leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(exc: BaseException) -> NoReturn:
+    if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated):
+        click.echo("quant: terminated; no half-written file was left behind", err=True)
+        sys.exit(143)
+    click.echo("quant: interrupted; no half-written file was left behind", err=True)
+    sys.exit(130)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map errors to exit codes."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in args or "--verbose" in args
     try:
-        code = cli.main(args=args, prog_name="quant", standalone_mode=False)
+        with _process_state():
+            code = cli.main(args=args, prog_name="quant", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         where = f"quant {exc.ctx.info_name}" if exc.ctx is not None and exc.ctx.info_name != "quant" else "quant"
         click.echo(f"{where}: error: {_one_line(exc.format_message())} (see '{where} --help')", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("quant: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("quant: interrupted; no partial output was written", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        _interrupted(exc)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

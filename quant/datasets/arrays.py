@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -43,6 +44,13 @@ from quant.errors import DataError
 logger = logging.getLogger(__name__)
 
 LABELS_KEY = "labels"
+
+# What reading a damaged .npy / .npz raises: zipfile gives BadZipFile, NotImplementedError (a
+# garbled version or compression field), RuntimeError ("encrypted"); a damaged deflate stream
+# gives zlib.error; numpy gives ValueError; a short file EOFError / OSError.
+_STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+)
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
 
 
@@ -192,14 +200,26 @@ class _Member:
 
 def _parse_header(fh: IO[bytes], key: str) -> _Member:
     """Parse a .npy header from ``fh`` (left at the start of the data); ValueError if malformed."""
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-    else:
-        shape, fortran, dtype = np.lib.format._read_array_header(fh, version)  # type: ignore[attr-defined]
-    return _Member(key, key, tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran), fh.tell())
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        elif version == (3, 0):  # UTF-8 header; numpy reads it only through a private helper
+            try:
+                from numpy.lib import _format_impl as fmt  # numpy >= 2
+            except ImportError:  # pragma: no cover - numpy 1.x
+                from numpy.lib import format as fmt  # type: ignore[no-redef]
+            shape, fortran, dtype = fmt._read_array_header(fh, version)  # type: ignore[attr-defined]
+        else:
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        return _Member(key, key, tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran), fh.tell())
+    except _STREAM_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises TokenError, SyntaxError,
+        # TypeError, KeyError... on garbage; all mean "not a valid .npy header".
+        raise ValueError(f"malformed .npy header ({type(exc).__name__}: {exc})") from exc
 
 
 def _read_member_header(zf: zipfile.ZipFile, zip_name: str, source: Path) -> _Member:
@@ -207,7 +227,7 @@ def _read_member_header(zf: zipfile.ZipFile, zip_name: str, source: Path) -> _Me
     try:
         with zf.open(zip_name) as fh:
             m = _parse_header(fh, key)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+    except _STREAM_ERRORS as exc:
         raise DataError(f"cannot read array '{key}' in '{source}': {exc}") from exc
     return _Member(key, zip_name, m.shape, m.dtype, m.fortran_order, m.data_offset)
 
@@ -281,7 +301,7 @@ class NpzDataset:
             return zipfile.ZipFile(self._path)
         except FileNotFoundError:
             raise DataError(f"data '{self._path}': no such file or directory") from None
-        except (zipfile.BadZipFile, OSError) as exc:
+        except _STREAM_ERRORS as exc:
             raise DataError(f"cannot read '{self._path}' as .npz: {exc}; save it with numpy.savez") from exc
 
     def _read_headers(self) -> dict[str, _Member]:
@@ -305,7 +325,7 @@ class NpzDataset:
         try:
             with np.load(self._path, allow_pickle=False) as npz:
                 return np.asarray(npz[LABELS_KEY], dtype=np.int64)
-        except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        except _STREAM_ERRORS as exc:
             raise DataError(f"cannot read array 'labels' in '{self._path}': {exc}") from exc
 
     def _check(self) -> int:
@@ -359,6 +379,14 @@ class NpzDataset:
         return self._iterate(int(batch_size))
 
     def _iterate(self, batch_size: int) -> Iterator[Batch]:
+        try:
+            yield from self._iterate_unchecked(batch_size)
+        except _STREAM_ERRORS as exc:
+            raise DataError(
+                f"cannot read '{self._path}': {exc}; the file is damaged, save it again with numpy.savez"
+            ) from exc
+
+    def _iterate_unchecked(self, batch_size: int) -> Iterator[Batch]:
         with ExitStack() as stack:
             zf = stack.enter_context(self._zip())
             readers: dict[str, _RowReader] = {}

@@ -34,6 +34,10 @@ COLORS: tuple[str, ...] = ("rgb", "bgr", "gray")
 LAYOUTS: tuple[str, ...] = ("nchw", "nhwc")
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
+#: Most pixels one preprocessed image (or its resized intermediate) may have: 8192 x 8192. A typo
+#: such as size=100000x100000 would otherwise allocate hundreds of GB per image.
+MAX_PIXELS = 8192 * 8192
+
 #: Divisor mapping 16-bit pixels (0..65535) onto the 8-bit scale (0..255): 65535 / 257 == 255.
 _SIXTEEN_BIT_DIVISOR = 257.0
 
@@ -65,12 +69,22 @@ class PreprocessSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise UsageError(f"preprocessing {name} must be a positive integer, got {value!r}")
+        if self.height * self.width > MAX_PIXELS:
+            raise UsageError(
+                f"preprocessing size {self.height}x{self.width} is {self.height * self.width} pixels per "
+                f"image, more than the limit of {MAX_PIXELS} (8192x8192); choose a smaller size"
+            )
         if self.channels not in (1, 3):
             raise UsageError(f"preprocessing channels must be 1 or 3, got {self.channels!r}")
         if self.resize_shorter is not None:
             rs = self.resize_shorter
             if isinstance(rs, bool) or not isinstance(rs, int) or rs <= 0:
                 raise UsageError(f"preprocessing resize must be a positive integer or none, got {rs!r}")
+            if rs * rs > MAX_PIXELS:
+                raise UsageError(
+                    f"preprocessing resize {rs} makes images of at least {rs}x{rs} pixels, more than the "
+                    f"limit of {MAX_PIXELS} (8192x8192); choose a smaller resize"
+                )
             if rs < max(self.height, self.width):
                 raise UsageError(
                     f"preprocessing resize {rs} is smaller than the crop {self.height}x{self.width}; "
@@ -400,7 +414,7 @@ def spec_from_input(
             return fill
         raise DataError(
             f"input '{spec.name}' has a dynamic {what} (shape {list(spec.shape)}); give the image size "
-            "with --shape or in the preprocessing (e.g. --preprocess size=224x224)"
+            "in the preprocessing (e.g. --preprocess size=224x224)"
         )
 
     height = dim(hdim, overrides.height, fallback[0] if fallback else None, "height")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from quant.eval.evaluate import EvalResult, PrecisionResult
 from quant.report.schema import Report
@@ -104,12 +105,13 @@ def _header(report: Report) -> list[str]:
     lines.append(data_line)
     cal = report.calibration
     if cal is not None:
-        amax = cal.get("amax") or {}
+        raw_amax = cal.get("amax")
+        amax: dict[str, Any] = raw_amax if isinstance(raw_amax, dict) else {}
         cal_line = f"calibration:  {cal.get('method', '?')} on {cal.get('num_samples', '?')} samples"
         if amax.get("count") is not None:
             cal_line += f", {amax['count']} tensor ranges"
         if amax.get("no_range"):
-            cal_line += f", {len(amax['no_range'])} without range"
+            cal_line += f", {_size(amax['no_range'])} without range"
         if cal.get("cache"):
             cal_line += f"; cache {cal['cache']}"
             header = _trt_header_text(cal.get("trt_header"))
@@ -132,10 +134,15 @@ def _build_text(entry: object) -> str:
     if entry.get("quantized_weights") is not None:
         text += f", {entry['quantized_weights']} quantized weights"
     if entry.get("excluded"):
-        text += f", {len(entry['excluded'])} excluded"
+        text += f", {_size(entry['excluded'])} excluded"
     if entry.get("skipped"):
-        text += f", {len(entry['skipped'])} skipped"
+        text += f", {_size(entry['skipped'])} skipped"
     return text
+
+
+def _size(value: object) -> object:
+    """How many items a report field lists (a hand-edited report may hold a number instead)."""
+    return len(value) if isinstance(value, (list, tuple, dict)) else value
 
 
 def _eval_lines(ev: EvalResult) -> list[str]:

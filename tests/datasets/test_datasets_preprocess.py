@@ -270,7 +270,7 @@ def test_spec_from_input_overrides() -> None:
 
 def test_spec_from_input_dynamic_size() -> None:
     dyn = TensorSpec("images", ("N", 3, "H", "W"), F32)
-    with pytest.raises(DataError, match=r"input 'images' has a dynamic height .*--shape.*size=224x224"):
+    with pytest.raises(DataError, match=r"input 'images' has a dynamic height .*--preprocess size=224x224"):
         spec_from_input(dyn)
     spec = spec_from_input(dyn, parse_preprocess("preset=imagenet,size=32x48"))
     assert (spec.height, spec.width, spec.resize_shorter) == (32, 48, 55)
