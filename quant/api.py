@@ -822,16 +822,14 @@ def _with_exclude_file(options: BuildOptions, path: str | Path, prepared: Prepar
     return replace(options, exclude=options.exclude + extra)
 
 
-def _capped(data: DataOptions) -> DataOptions:
-    """``data`` with ``max_samples`` set to the sensitivity default when the user gave none."""
+def _capped(data: DataOptions, default: int) -> DataOptions:
+    """``data`` with ``max_samples`` set to ``default`` when the user gave none."""
     from dataclasses import replace
-
-    from quant.sensitivity import DEFAULT_MAX_SAMPLES
 
     if data.max_samples is not None:
         return data
-    log.info("using at most %d samples (--max-samples); the cost grows as layers x samples", DEFAULT_MAX_SAMPLES)
-    return replace(data, max_samples=DEFAULT_MAX_SAMPLES)
+    log.info("using at most %d samples (--max-samples)", default)
+    return replace(data, max_samples=default)
 
 
 def _model_section(prepared: PreparedModel) -> dict[str, Any]:
@@ -876,7 +874,7 @@ def sensitivity(
     :class:`quant.sensitivity.SensitivityOptions`. With ``report``, the result is added as
     ``extra["sensitivity"]`` to that report (created when it does not exist).
     """
-    from quant.sensitivity import SensitivityOptions, build_switchable_model
+    from quant.sensitivity import DEFAULT_MAX_SAMPLES, SensitivityOptions, build_switchable_model
     from quant.sensitivity.measure import SwitchableRunner, measure_sensitivity
 
     opts: SensitivityOptions = options or SensitivityOptions()
@@ -884,7 +882,7 @@ def sensitivity(
     loaded, warnings = load_cache_for_model(cache, prepared)
     for w in warnings:
         log.warning("%s", w)
-    data = _capped(data)
+    data = _capped(data, DEFAULT_MAX_SAMPLES)
     dataset = open_data(prepared, data)
     if opts.metric == "accuracy" and not dataset.has_labels:
         raise DataError(
@@ -892,7 +890,7 @@ def sensitivity(
             "npz 'labels' key); use --metric agreement"
         )
     switchable = build_switchable_model(prepared.clean, loaded.amax, exclude=opts.exclude)
-    with SwitchableRunner(switchable, threads=opts.threads) as runner:
+    with SwitchableRunner(switchable, threads=opts.threads, segments=opts.segments) as runner:
         result = measure_sensitivity(
             runner,
             dataset,
@@ -957,11 +955,15 @@ def build_with_fallback(
 ) -> BuildOutcome:
     """Build the INT8 Q/DQ model, keeping the most sensitive layers in float until the budget holds.
 
-    1. rank the layers with :func:`sensitivity`'s measurements on ``data`` (metric: top-1 accuracy
+    1. run FP32 once over ``data`` (at most ``DEFAULT_BUDGET_SAMPLES`` unless
+       ``data.max_samples`` says otherwise), keeping inputs and outputs in memory;
+    2. rank the layers with :func:`sensitivity`'s measurements on the first
+       ``fallback.rank_samples`` (default ``DEFAULT_MAX_SAMPLES``) of them (metric: top-1 accuracy
        with labels, else top-1 agreement, for an accuracy budget; SQNR for ``min_sqnr`` alone);
-    2. keep layers in float one at a time in ranking order, re-measuring, until the budget holds
-       (checked on the real Q/DQ model too) or every layer is float;
-    3. save the model and the fallback file (exclusions, every step, the ranking), which
+    3. measure all INT8 on every sample, then keep layers in float one at a time in ranking
+       order, re-measuring, until the budget holds (checked on the real Q/DQ model too) or every
+       layer is float;
+    4. save the model and the fallback file (exclusions, every step, the ranking), which
        ``build(..., exclude_from=...)`` reads to rebuild the same model.
 
     Node names are what exclusions match: unnamed nodes are named first (see
@@ -970,11 +972,13 @@ def build_with_fallback(
     from quant._io import check_output_not_input
     from quant.backends.onnxruntime import OrtRunner
     from quant.graph.load import save_model
-    from quant.sensitivity import Budget, build_switchable_model
+    from quant.sensitivity import DEFAULT_BUDGET_SAMPLES, DEFAULT_MAX_SAMPLES, Budget, build_switchable_model
     from quant.sensitivity.io import fallback_path, save_fallback
     from quant.sensitivity.measure import (
         BatchStore,
+        StoredDataset,
         SwitchableRunner,
+        fill_store,
         greedy_fallback,
         measure_sensitivity,
         measure_stored,
@@ -1001,7 +1005,7 @@ def build_with_fallback(
     loaded, warnings = load_cache_for_model(cache, prepared, strict=options.strict)
     for w in warnings:
         log.warning("%s", w)
-    data = _capped(data)
+    data = _capped(data, DEFAULT_BUDGET_SAMPLES)
     dataset = open_data(prepared, data)
     switchable = build_switchable_model(prepared.clean, loaded.amax, exclude=options.exclude)
     # The ranking uses the budget's own metric (SQNR when only --min-sqnr is given).
@@ -1019,16 +1023,20 @@ def build_with_fallback(
             )
         return built[exclude]
 
+    batch_size = effective_batch_size(prepared.inputs, data.batch_size)
+    rank_samples = fallback.rank_samples or DEFAULT_MAX_SAMPLES
     with BatchStore() as store, SwitchableRunner(switchable, threads=fallback.threads) as runner:
+        # FP32 once over every sample (the budget's samples), then the ranking on the first ones.
+        fill_store(runner, dataset, store, batch_size=batch_size, progress=progress)
         sens = measure_sensitivity(
             runner,
-            dataset,
-            batch_size=effective_batch_size(prepared.inputs, data.batch_size),
+            StoredDataset(store, limit=rank_samples, source=data.path),
+            batch_size=batch_size,
             metric=metric,
             classifier_output=fallback.classifier_output,
             progress=progress,
-            store=store,
         )
+        runner.release_segments()  # the greedy steps change several layers: full passes only
 
         def verify(exclude: tuple[str, ...]) -> Measurement:
             candidate, _fields = int8(exclude)

@@ -95,18 +95,23 @@ class FallbackOptions:
     """Automatic mixed precision for ``quant build``: keep the most sensitive layers in float until
     the INT8 model loses at most ``accuracy_budget`` points of top-1 against FP32 (accuracy on
     labels when the data has them, else 100 - top-1 agreement) and/or its worst output SQNR is at
-    least ``min_sqnr`` dB, measured on the build's ``--data``. ``report`` is the fallback file
-    (default ``<output>.fallback.json``). See docs/SENSITIVITY.md."""
+    least ``min_sqnr`` dB, measured on the build's ``--data`` (at most 512 samples unless its
+    ``max_samples`` says otherwise); layers are ranked on the first ``rank_samples`` of them
+    (default 128). ``report`` is the fallback file (default ``<output>.fallback.json``). See
+    docs/SENSITIVITY.md."""
 
     accuracy_budget: float | None = None
     min_sqnr: float | None = None
     report: str | None = None
     classifier_output: str | None = None
     threads: int | None = None
+    rank_samples: int | None = None  # samples the ranking uses (None: quant.sensitivity.DEFAULT_MAX_SAMPLES)
 
     def __post_init__(self) -> None:
         if self.accuracy_budget is not None and not 0.0 <= self.accuracy_budget <= 100.0:
             raise UsageError(f"--accuracy-budget must be between 0 and 100 points, got {self.accuracy_budget}")
+        if self.rank_samples is not None and self.rank_samples < 1:
+            raise UsageError(f"rank_samples must be at least 1, got {self.rank_samples}")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be at least 1, got {self.threads}")
 

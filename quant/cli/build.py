@@ -6,7 +6,16 @@ from pathlib import Path
 
 import click
 
-from quant.cli.options import COMMA_LIST, echo, flatten, verbose_option
+from quant.cli.options import (
+    COMMA_LIST,
+    data_options,
+    echo,
+    flatten,
+    make_data_options,
+    progress_option,
+    verbose_option,
+    want_progress,
+)
 
 
 @click.command(
@@ -17,6 +26,9 @@ Examples:
   quant build model.onnx --cache model.cache --exclude head_conv,Softmax -o model.int8.onnx
   quant build model.onnx --precision fp16 -o model.fp16.onnx
   quant build model.onnx --cache trt_written.cache --strict -o model.int8.onnx
+  quant build model.onnx --cache model.cache --data val/ --accuracy-budget 0.5 -o model.int8.onnx
+  quant build model.onnx --cache model.cache --data val.npz --min-sqnr 25 -o model.int8.onnx
+  quant build model.onnx --cache model.cache --exclude-from model.int8.onnx.fallback.json -o again.int8.onnx
 """,
 )
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
@@ -30,6 +42,18 @@ Examples:
               help="Node names or op types (wildcards allowed) kept in float. Repeatable or comma-separated.")
 @click.option("--strict", is_flag=True, help="Fail (instead of warning) on a stale cache or on tensors the cache lacks.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Output ONNX model.")
+@data_options(batch_default=8)
+@click.option("--accuracy-budget", type=click.FloatRange(min=0, max=100), default=None, metavar="POINTS",
+              help="Keep the most sensitive layers in float until INT8 loses at most POINTS of top-1 against "
+              "FP32 on --data (accuracy on labels when the data has them, else top-1 agreement).")
+@click.option("--min-sqnr", type=float, default=None, metavar="DB",
+              help="Keep the most sensitive layers in float until every output's SQNR against FP32 on --data "
+              "is at least DB.")
+@click.option("--exclude-from", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Also exclude the layers listed in FILE (a .fallback.json written by --accuracy-budget).")
+@click.option("--fallback-report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Where the fallback steps and exclusions go [default: OUTPUT.fallback.json].")
+@progress_option()
 @verbose_option()
 def build_command(
     model: Path,
@@ -39,6 +63,18 @@ def build_command(
     exclude: tuple[tuple[str, ...], ...],
     strict: bool,
     output: Path,
+    data: str | None,
+    max_samples: int | None,
+    seed: int,
+    batch_size: int,
+    preprocess: str | None,
+    on_bad_image: str,
+    workers: int | None,
+    accuracy_budget: float | None,
+    min_sqnr: float | None,
+    exclude_from: Path | None,
+    fallback_report: Path | None,
+    progress: bool | None,
 ) -> None:
     """Build an INT8 (Q/DQ), FP16 or cleaned FP32 ONNX model from MODEL.
 
@@ -47,14 +83,44 @@ def build_command(
     per-tensor activations, per-channel INT8 weights, on the inputs of Conv, ConvTranspose,
     Gemm, MatMul and residual Add. TensorRT 10/11 builds this model as an explicitly quantized
     engine; ONNX Runtime runs it with integer kernels.
+
+    With --accuracy-budget or --min-sqnr (and --data), the layers are ranked by sensitivity and
+    the most damaging ones are kept in float, one at a time, until the budget holds; the steps and
+    the exclusions go to OUTPUT.fallback.json, which --exclude-from reads to rebuild the model.
+    The budget is checked on at most 512 samples of --data unless --max-samples says otherwise,
+    the ranking uses the first 128 (see docs/SENSITIVITY.md).
     """
     from quant import api
-    from quant.config import BuildOptions
+    from quant.config import BuildOptions, FallbackOptions
+    from quant.errors import QuantError
 
     opts = BuildOptions(precision=precision, target=target, exclude=flatten(exclude), strict=strict)  # type: ignore[arg-type]
-    outcome = api.build(model, output=output, cache=cache, options=opts)
+    fallback = FallbackOptions(
+        accuracy_budget=accuracy_budget,
+        min_sqnr=min_sqnr,
+        report=None if fallback_report is None else str(fallback_report),
+    )
+    data_opts = None
+    if data is not None:
+        data_opts = make_data_options(
+            data, max_samples=max_samples, seed=seed, batch_size=batch_size,
+            preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,
+        )
+        if not fallback.active:
+            click.echo("quant: warning: --data is only used with --accuracy-budget or --min-sqnr; ignored", err=True)
+    elif fallback.active:
+        raise click.UsageError("--accuracy-budget / --min-sqnr need --data (the samples the budget is measured on)")
+    outcome = api.build(
+        model, output=output, cache=cache, options=opts, data=data_opts, fallback=fallback,
+        exclude_from=exclude_from, progress=want_progress(progress),
+    )
     for w in outcome.warnings:
         click.echo(f"quant: warning: {w}", err=True)
+    if outcome.fallback is not None:
+        from quant.sensitivity import render_fallback
+
+        echo(render_fallback(outcome.fallback))
+        echo(f"wrote {outcome.fallback_path} (rebuild with --exclude-from {outcome.fallback_path})")
     echo(f"wrote {outcome.output} ({outcome.precision}, target {outcome.target})")
     if outcome.precision == "int8":
         echo(f"  quantized activations: {len(outcome.quantized_tensors)}, weights: {len(outcome.quantized_weights)}")
@@ -66,3 +132,8 @@ def build_command(
                 echo(f"    ... and {len(outcome.skipped) - 10} more")
         if outcome.cache_missing:
             echo(f"  tensors without a range in the cache: {len(outcome.cache_missing)} (first: {outcome.cache_missing[0]})")
+    if outcome.fallback is not None and not outcome.fallback.met:
+        raise QuantError(
+            f"budget not met ({outcome.fallback.budget.describe(outcome.fallback.metric)}): some layers cannot be "
+            f"excluded by name; see {outcome.fallback_path}"
+        )
