@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZATION_LEVELS = ("all", "basic", "none")
+OPTIMIZATION_LEVELS = ("all", "extended", "basic", "none")
 
 # Protobuf cannot serialise a message of 2 GiB or more; bigger models go through a temporary
 # file with external data instead of bytes.
@@ -60,6 +60,30 @@ def _import_ort() -> ModuleType:
             "onnxruntime is not installed; install it with 'pip install onnxruntime'"
         ) from exc
     return onnxruntime
+
+
+_SHARED_ARENA: list[bool] = []
+
+
+def _shared_cpu_arena(ort: ModuleType) -> bool:
+    """Register (once per process) a CPU arena in ORT's environment that sessions can share.
+
+    Sessions created with ``session.use_env_allocators`` then draw from one arena instead of one
+    each, so several sessions alive at once hold the peak of the largest, not the sum of all.
+    Returns False (each session keeps its own arena) when this ORT build cannot register one.
+    """
+    if not _SHARED_ARENA:
+        try:
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            # max_mem 0 (no limit), extend strategy 1 (kSameAsRequested: no power-of-two overshoot)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+            _SHARED_ARENA.append(True)
+        except Exception as exc:  # older builds lack the API or refuse the registration
+            logger.debug("cannot register a shared ONNX Runtime CPU arena: %s", exc)
+            _SHARED_ARENA.append(False)
+    return _SHARED_ARENA[0]
 
 
 def ort_version() -> str:
@@ -103,6 +127,13 @@ def describe_session_error(exc: BaseException, model: str) -> str:
             f"model '{model}' uses opset {m.group(1)} of domain '{m.group(2)}', but ONNX Runtime "
             f"{ort_version()} supports up to opset {m.group(3)}; export the model with opset "
             f"<= {m.group(3)} or upgrade onnxruntime"
+        )
+    m = re.search(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'", text)
+    if m:
+        return (
+            f"model '{model}': ONNX Runtime {ort_version()} has no kernel for op '{m.group(1)}' at opset "
+            f"{m.group(2)} (node '{m.group(3)}') with these input types; re-export the model with a newer "
+            "opset (ONNX Runtime supports opset 7 and later) or with float32 inputs for that op"
         )
     m = re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text)
     if m:
@@ -157,6 +188,22 @@ def check_feed(feed: Mapping[str, Any], specs: Sequence[TensorSpec], *, model: s
             isinstance(d, int) and d > 0 and d != actual
             for d, actual in zip(spec.shape, value.shape, strict=True)
         )
+        batch = spec.shape[0] if spec.shape else None
+        if (
+            not wrong_rank
+            and isinstance(batch, int)
+            and batch > 0
+            and value.shape[0] != batch
+            and all(
+                not (isinstance(d, int) and d > 0) or d == actual
+                for d, actual in zip(spec.shape[1:], value.shape[1:], strict=True)
+            )
+        ):
+            raise DataError(
+                f"input '{name}': a batch of {value.shape[0]} samples, but model '{model}' has a fixed "
+                f"batch size of {batch}; give a multiple of {batch} samples (e.g. --max-samples) or export "
+                "the model with a dynamic batch dimension"
+            )
         if wrong_rank or wrong_dim:
             raise DataError(
                 f"input '{name}' has shape {_fmt_shape(value.shape)} but model '{model}' expects "
@@ -222,10 +269,14 @@ class OrtRunner:
 
     ``model`` is a ModelProto (sent to ORT as bytes; a model over 2 GiB goes through a temporary
     file with external data, removed on close) or a path. ``extra_outputs`` are intermediate
-    tensors added as graph outputs (on a copy). ``optimization`` is "all" | "basic" | "none";
+    tensors added as graph outputs (on a copy). ``optimization`` is "all" | "extended" | "basic" |
+    "none" ("extended" skips the layout transformations, e.g. NCHWc, that copy weights);
     ``threads`` sets ORT's intra-op thread count (None: ORT's default, all cores). ``name`` names
-    the model in messages (default: the path, or the graph name). Session creation failures
-    become ModelError with a one-line cause.
+    the model in messages (default: the path, or the graph name). ``session_config`` holds ORT
+    session configuration entries (e.g. ``{"session.intra_op.allow_spinning": "0"}``);
+    ``memory_arena=False`` lets freed activations go back to the system allocator instead of a
+    per-session arena (several sessions alive at once then do not each keep their peak). Session
+    creation failures become ModelError with a one-line cause.
     """
 
     def __init__(
@@ -237,6 +288,8 @@ class OrtRunner:
         optimization: str = "all",
         providers: Sequence[str] = ("CPUExecutionProvider",),
         name: str | None = None,
+        session_config: Mapping[str, str] | None = None,
+        memory_arena: bool | str = True,
     ) -> None:
         if optimization not in OPTIMIZATION_LEVELS:
             raise UsageError(
@@ -261,12 +314,19 @@ class OrtRunner:
         options.log_severity_level = 4  # fatal only: errors are reported through ModelError
         options.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if memory_arena == "shared" and _shared_cpu_arena(ort):
+            options.add_session_config_entry("session.use_env_allocators", "1")
+        else:
+            options.enable_cpu_mem_arena = bool(memory_arena)
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(str(key), str(value))
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
         try:
@@ -295,8 +355,14 @@ class OrtRunner:
         elif not isinstance(model, onnx.ModelProto):
             raise UsageError(f"OrtRunner needs an onnx.ModelProto or a path, got {type(model).__name__}")
         proto = add_outputs(model, extra, model_name=self.name) if extra else model
-        if proto.ByteSize() < _MAX_INLINE_BYTES:
-            return proto.SerializeToString()
+        # Serialising is the cheap size check (ByteSize() walks a model with large weights slowly);
+        # protobuf refuses messages of 2 GiB or more.
+        try:
+            data = proto.SerializeToString()
+        except ValueError:
+            data = b""
+        if 0 < len(data) < _MAX_INLINE_BYTES:
+            return data
         return self._write_temp(proto, copied=bool(extra))
 
     def _write_temp(self, proto: onnx.ModelProto, *, copied: bool) -> str:
@@ -380,6 +446,32 @@ class OrtRunner:
             logger.debug("ONNX Runtime run failed for '%s': %s", self.name, exc)
             raise ModelError(f"model '{self.name}' failed in ONNX Runtime: {_first_line(exc)}") from exc
         return dict(zip(names, values, strict=True))
+
+    def infer_values(self, feed: Mapping[str, Any], outputs: Sequence[str]) -> dict[str, Any]:
+        """Run one batch without copying: ``feed`` values are numpy arrays or OrtValues and the
+        ``outputs`` come back as OrtValues (``.numpy()`` is a view of ORT's buffer, valid while the
+        OrtValue is referenced).
+
+        The fast path for callers that feed the outputs of one session into another and reduce
+        large activations in place (calibration). The feed is not checked here: check it once with
+        :func:`check_feed` against the specs the caller promises. ORT failures become ModelError.
+        """
+        if self._session is None:
+            raise ModelError(
+                f"the ONNX Runtime session of model '{self.name}' is closed; create a new runner"
+            )
+        ort = _import_ort()
+        values = {
+            k: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(v)
+            for k, v in feed.items()
+        }
+        names = list(outputs)
+        try:
+            result = self._session.run_with_ort_values(names, values, self._run_options)
+        except Exception as exc:  # ORT raises pybind exceptions without a common base
+            logger.debug("ONNX Runtime run failed for '%s': %s", self.name, exc)
+            raise ModelError(f"model '{self.name}' failed in ONNX Runtime: {_first_line(exc)}") from exc
+        return dict(zip(names, result, strict=True))
 
     def close(self) -> None:
         """Release the session (and the temporary model file, if any). Idempotent."""

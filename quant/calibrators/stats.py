@@ -27,7 +27,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
@@ -38,9 +38,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_NUM_BINS = 2048
 MIN_NUM_BINS = 128
 
-# Batches are reduced in chunks of this many elements: the float32 |x| scratch (1 MiB) and the
-# bin-index scratch (2 MiB) stay cache-resident and their size does not depend on the tensor size.
+# Batches are reduced in chunks of this many elements: the float32 scratch (1 MiB) and the int32
+# bin-index scratch (1 MiB) stay cache-resident and their size does not depend on the tensor size.
 _CHUNK = 1 << 18
+
+# Signed binning (see bin_signed_chunk) uses one bincount over both signs at the finer of the two
+# scales when the positive and negative ranges differ by at most this factor (a table of at most
+# num_bins * (1 + ratio) counters); beyond it each sign is binned on its own.
+_MAX_FINE_RATIO = 16
 
 # Below this range the per-element scale num_bins / R would overflow float32; such tensors (all
 # values below ~1e-27) are binned through float64 instead.
@@ -78,6 +83,23 @@ def _grow(counts: np.ndarray, doublings: int) -> np.ndarray:
     return out
 
 
+def _bin_abs(
+    values: np.ndarray, scale: float, num_bins: int, abs_buf: np.ndarray, idx_buf: np.ndarray
+) -> np.ndarray:
+    """Counts (int64, ``num_bins + 1``) of ``floor(|values| * scale)``; the extra last slot counts the
+    values exactly at the range's upper edge (``|x| * scale == num_bins``). See :func:`bin_abs_chunk`."""
+    size = values.shape[0]
+    a = abs_buf[:size]
+    idx = idx_buf[:size]
+    np.abs(values, out=a, casting="same_kind")
+    if scale < 2.0**100:
+        np.multiply(a, np.float32(scale), out=a)
+        np.copyto(idx, a, casting="unsafe")  # truncation == floor for non-negative values
+    else:  # tiny range: the scale does not fit float32, bin in float64
+        np.copyto(idx, np.floor(a.astype(np.float64) * scale), casting="unsafe")
+    return np.bincount(idx, minlength=num_bins + 1)
+
+
 def bin_abs_chunk(
     values: np.ndarray, scale: float, num_bins: int, abs_buf: np.ndarray, idx_buf: np.ndarray
 ) -> np.ndarray:
@@ -85,24 +107,132 @@ def bin_abs_chunk(
 
     The one hot loop of calibration; kept small so it can be optimised on its own. ``values`` is a
     1-D chunk of finite numbers with ``|values| * scale <= num_bins``; ``abs_buf`` (float32) and
-    ``idx_buf`` (intp) are scratch buffers at least as long as ``values``. Bin index is
+    ``idx_buf`` (int32 or intp) are scratch buffers at least as long as ``values``. Bin index is
     ``floor(|x| * scale)`` computed in float32 (exact for a power-of-two scale); the value equal to
     the range's upper edge lands in bin ``num_bins`` of ``bincount`` and is folded into the last
-    bin, which saves a clipping pass. ``idx_buf`` is intp rather than int32 because ``bincount``
-    would otherwise copy its input to intp.
+    bin, which saves a clipping pass. Indices are int32: NumPy converts float32 to int32 with one
+    vector instruction but float32 to int64 element by element, which costs more than ``bincount``
+    widening the int32 indices.
     """
-    size = values.shape[0]
-    a = abs_buf[:size]
-    idx = idx_buf[:size]
-    np.abs(values, out=a, casting="same_kind")
-    if scale < 2.0**100:
-        np.multiply(a, scale, out=a)
-        np.copyto(idx, a, casting="unsafe")  # truncation == floor for non-negative values
-    else:  # tiny range: the scale does not fit float32, bin in float64
-        np.copyto(idx, np.floor(a.astype(np.float64) * scale), casting="unsafe")
-    counts = np.bincount(idx, minlength=num_bins + 1)
-    counts[num_bins - 1] += counts[num_bins]
-    return counts[:num_bins]
+    counts = _bin_abs(values, scale, num_bins, abs_buf, idx_buf)
+    return _folded(counts)
+
+
+def _folded(ext: np.ndarray) -> np.ndarray:
+    """``num_bins`` counts from ``num_bins + 1`` (the edge slot goes into the last bin)."""
+    out = ext[:-1].copy()
+    out[-1] += ext[-1]
+    return out
+
+
+def _fold_fine(fine: np.ndarray, num_bins: int, ratio: int) -> np.ndarray:
+    """Counts (``num_bins + 1``, edge slot last) at ``ratio`` times the bin width of ``fine``, which has
+    ``num_bins * ratio + 1`` bins (its last one holds the values at the range's edge)."""
+    out = np.empty(num_bins + 1, dtype=np.int64)
+    out[:num_bins] = fine[: num_bins * ratio].reshape(num_bins, ratio).sum(axis=1)
+    out[num_bins] = fine[num_bins * ratio]
+    return out
+
+
+def bin_signed_chunk(
+    values: np.ndarray,
+    pos_range: float,
+    neg_range: float,
+    num_bins: int,
+    f32_buf: np.ndarray,
+    idx_buf: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Histograms of the non-negative values over ``[0, pos_range]`` and of ``|x|`` of the negative
+    values over ``[0, neg_range]`` in one pass (int64, ``num_bins + 1`` each, the last slot counting
+    the values exactly at that range's edge).
+
+    ``values`` is a 1-D chunk of finite numbers with ``max <= pos_range`` and ``-min <= neg_range``
+    (a range is 0 when that sign has no values; the ranges are powers of two). Both signs are binned
+    at the finer scale ``num_bins / min(range)`` with a signed index ``trunc(x * scale)`` (exact in
+    float32 for a power-of-two scale; truncation is floor of ``|x|`` on either side) into one
+    ``bincount``; the coarser side's bins are then merged in power-of-two groups, which is exact.
+    Values with ``|x|`` below one fine bin, of either sign, are counted in the positive histogram's
+    bin 0: they are in bin 0 of ``|x|`` at any range, and ReLU maps them to 0. When the ranges differ
+    by more than ``_MAX_FINE_RATIO`` (or are tiny) each sign is binned separately.
+    """
+    n = values.shape[0]
+    s_pos = num_bins / pos_range if pos_range else 0.0
+    s_neg = num_bins / neg_range if neg_range else 0.0
+    scale = max(s_pos, s_neg)
+    pos = np.zeros(num_bins + 1, dtype=np.int64)
+    neg = np.zeros(num_bins + 1, dtype=np.int64)
+    if scale == 0.0:  # only zeros
+        pos[0] = n
+        return pos, neg
+    rp = round(scale / s_pos) if s_pos else 0
+    rn = round(scale / s_neg) if s_neg else 0
+    if max(rp, rn) > _MAX_FINE_RATIO or scale >= 2.0**100:
+        return _bin_signs_apart(values, pos_range, neg_range, num_bins, f32_buf, idx_buf)
+    v = f32_buf[:n]
+    idx = idx_buf[:n]
+    if values.dtype == np.float32:
+        np.multiply(values, np.float32(scale), out=v)
+    else:  # round to float32 first, as the |x| histogram does (then scale exactly)
+        np.copyto(v, values, casting="same_kind")
+        np.multiply(v, np.float32(scale), out=v)
+    np.copyto(idx, v, casting="unsafe")  # truncation toward zero: floor(|x| * scale) on both sides
+    off = num_bins * rn
+    if off:
+        np.add(idx, off, out=idx)
+    counts = np.bincount(idx, minlength=off + num_bins * rp + 1)
+    if rp:
+        pos = _fold_fine(counts[off:], num_bins, rp)
+    else:
+        pos[0] = counts[off]
+    if rn:
+        fine = counts[: off + 1][::-1].copy()  # fine[j]: trunc(x * scale) == -j
+        fine[0] = 0  # the shared centre bin is counted on the positive side
+        neg = _fold_fine(fine, num_bins, rn)
+    return pos, neg
+
+
+def _bin_signs_apart(
+    values: np.ndarray,
+    pos_range: float,
+    neg_range: float,
+    num_bins: int,
+    f32_buf: np.ndarray,
+    idx_buf: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bin_signed_chunk` for far-apart or tiny ranges: one |x| histogram per sign."""
+    n = values.shape[0]
+    v = f32_buf[:n]
+    n_neg = int(np.count_nonzero(values < 0))
+    pos = np.zeros(num_bins + 1, dtype=np.int64)
+    neg = np.zeros(num_bins + 1, dtype=np.int64)
+    if pos_range:
+        np.maximum(values, 0, out=v, casting="same_kind")
+        pos = _bin_abs(v, num_bins / pos_range, num_bins, v, idx_buf)
+        pos[0] -= n_neg  # the negative values became zeros
+    else:
+        pos[0] = n - n_neg
+    if neg_range:
+        np.minimum(values, 0, out=v, casting="same_kind")
+        neg = _bin_abs(v, num_bins / neg_range, num_bins, v, idx_buf)
+        neg[0] -= n - n_neg  # the non-negative values became zeros
+    return pos, neg
+
+
+def _grow_ext(ext: np.ndarray, hist_range: float, target: float) -> np.ndarray:
+    """``num_bins + 1`` counts (edge slot last) brought from ``hist_range`` up to ``target``.
+
+    Bins merge pairwise per doubling (exact); the values at the old edge (exactly ``hist_range``)
+    land in bin ``num_bins >> doublings`` of the new range, where binning at ``target`` puts them,
+    which keeps growth exact even when a batch's maximum is exactly a power of two.
+    """
+    if hist_range == 0.0 or hist_range == target:
+        return ext
+    n = ext.shape[0] - 1
+    doublings = round(math.log2(target / hist_range))
+    out = np.zeros_like(ext)
+    out[:n] = _grow(ext[:n], doublings)
+    out[n >> doublings if doublings < n.bit_length() else 0] += ext[n]
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -269,17 +399,137 @@ class _Scratch:
 
     def __init__(self) -> None:
         self.abs_buf = np.empty(_CHUNK, dtype=np.float32)
-        self.idx_buf = np.empty(_CHUNK, dtype=np.intp)
+        self.idx_buf = np.empty(_CHUNK, dtype=np.int32)
+
+
+def _check_dtype(name: str, x: np.ndarray, batch: int) -> np.ndarray:
+    if x.dtype.kind not in "fiub":
+        raise CalibrationError(
+            f"tensor '{name}' has dtype {x.dtype} in calibration batch {batch}; only numeric "
+            "tensors can be calibrated (exclude the tensor)"
+        )
+    return x.astype(np.uint8) if x.dtype.kind == "b" else x
+
+
+def _chunk_extremes(name: str, chunk: np.ndarray, batch: int) -> tuple[float, float, float]:
+    """(min, max, float32 |x| max) of a chunk; CalibrationError for NaN / inf / beyond float32."""
+    cmin = float(chunk.min())
+    cmax = float(chunk.max())
+    if not (math.isfinite(cmin) and math.isfinite(cmax)):
+        what = "NaN" if bool(np.isnan(chunk).any()) else "infinite"
+        raise CalibrationError(
+            f"tensor '{name}' has {what} values in calibration batch {batch}; check the input "
+            "data and preprocessing (or exclude the tensor)"
+        )
+    # |x| as the float32 the histogram sees (values beyond float32 range overflow to inf)
+    with np.errstate(over="ignore"):
+        cabs = float(np.float32(max(-cmin, cmax)))
+    if math.isinf(cabs):
+        raise CalibrationError(
+            f"tensor '{name}' has values beyond the float32 range in calibration batch "
+            f"{batch}; check the input data and preprocessing (or exclude the tensor)"
+        )
+    return cmin, cmax, cabs
 
 
 class StatsAccumulator:
-    """In-place accumulator behind :class:`TensorStats` for one named tensor."""
+    """In-place accumulator behind :class:`TensorStats` for one named tensor.
+
+    Internally the counts have one more slot than bins: the values exactly at the current range's
+    upper edge (possible only when the maximum is a power of two). They belong to the last bin at
+    this range but to a lower bin once the range grows; keeping them apart makes growth exact.
+    """
 
     def __init__(self, name: str, num_bins: int = DEFAULT_NUM_BINS) -> None:
         self.name = name
         self.num_bins = check_num_bins(num_bins)
         self.hist_range = 0.0
-        self.counts = np.zeros(self.num_bins, dtype=np.int64)
+        self._ext = np.zeros(self.num_bins + 1, dtype=np.int64)
+        self.count = 0
+        self.min: float | None = None
+        self.max: float | None = None
+        self.absmax = 0.0
+        self.batches = 0
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The histogram (``num_bins`` int64 counts over ``[0, hist_range]``), a copy."""
+        return _folded(self._ext)
+
+    def update(
+        self, array: np.ndarray, *, batch_index: int | None = None, scratch: _Scratch | None = None
+    ) -> None:
+        """Add one batch. All-or-nothing: a batch with NaN/inf raises CalibrationError and changes nothing."""
+        batch = self.batches if batch_index is None else batch_index
+        x = _check_dtype(self.name, np.asarray(array), batch)
+        flat = x.reshape(-1)  # a view for the contiguous arrays ONNX Runtime returns
+        bufs = scratch if scratch is not None else _Scratch()
+        nb = self.num_bins
+        hist_range = self.hist_range
+        local = np.zeros(nb + 1, dtype=np.int64)  # this batch's counts at range hist_range
+        lo: float | None = None
+        hi: float | None = None
+        absmax = 0.0
+        for start in range(0, flat.shape[0], _CHUNK):
+            chunk = flat[start : start + _CHUNK]
+            cmin, cmax, cabs = _chunk_extremes(self.name, chunk, batch)
+            lo = cmin if lo is None else min(lo, cmin)
+            hi = cmax if hi is None else max(hi, cmax)
+            absmax = max(absmax, cabs)
+            if cabs == 0.0:  # all zeros: bin 0 at any range
+                local[0] += chunk.shape[0]
+                continue
+            if cabs > hist_range:
+                new_range = pow2_ceil(cabs)
+                local = _grow_ext(local, hist_range, new_range)
+                hist_range = new_range
+            local += _bin_abs(chunk, nb / hist_range, nb, bufs.abs_buf, bufs.idx_buf)
+        # commit the whole batch at once
+        self._ext = _grow_ext(self._ext, self.hist_range, hist_range) + local
+        self.hist_range = hist_range
+        self.count += int(flat.shape[0])
+        self.min = _opt(min, self.min, lo)
+        self.max = _opt(max, self.max, hi)
+        self.absmax = max(self.absmax, absmax)
+        self.batches += 1
+
+    def merge(self, stats: TensorStats) -> None:
+        """Add statistics collected elsewhere (another shard)."""
+        merged = self.snapshot().merge(stats)
+        self.hist_range = merged.hist_range
+        self._ext = np.append(merged.counts, 0)
+        self.count = merged.count
+        self.min = merged.min
+        self.max = merged.max
+        self.absmax = merged.absmax
+
+    def snapshot(self) -> TensorStats:
+        """The current statistics as an immutable value (copies the counts)."""
+        return TensorStats(
+            self.num_bins, self.hist_range, self.counts, self.count, self.min, self.max, self.absmax
+        )
+
+
+class SignedStatsAccumulator:
+    """Statistics of one tensor kept per sign, so that the statistics of ``Relu(tensor)`` come for free.
+
+    Holds the histogram of the non-negative values over ``[0, pos_range]`` and the histogram of
+    ``|x|`` of the negative values over ``[0, neg_range]``, each range the smallest power of two
+    that covers its side. :meth:`snapshot` merges the two into the tensor's usual ``|x|``
+    statistics (bit for bit what :class:`StatsAccumulator` gives: pairwise bin merging is exact);
+    :meth:`relu_snapshot` gives the statistics of ``max(x, 0)``, bit for bit what collecting the
+    ReLU's output would give (the non-negative histogram at its own range, the negative values in
+    bin 0). Calibration uses it for a tensor whose ReLU output is calibrated too, which saves
+    fetching and reducing the ReLU output. The cost per element is that of the |x| histogram.
+    """
+
+    def __init__(self, name: str, num_bins: int = DEFAULT_NUM_BINS) -> None:
+        self.name = name
+        self.num_bins = check_num_bins(num_bins)
+        self.pos_range = 0.0
+        self.neg_range = 0.0
+        self._pos = np.zeros(self.num_bins + 1, dtype=np.int64)  # edge slot last, as StatsAccumulator
+        self._neg = np.zeros(self.num_bins + 1, dtype=np.int64)
         self.count = 0
         self.min: float | None = None
         self.max: float | None = None
@@ -291,78 +541,63 @@ class StatsAccumulator:
     ) -> None:
         """Add one batch. All-or-nothing: a batch with NaN/inf raises CalibrationError and changes nothing."""
         batch = self.batches if batch_index is None else batch_index
-        x = np.asarray(array)
-        if x.dtype.kind not in "fiub":
-            raise CalibrationError(
-                f"tensor '{self.name}' has dtype {x.dtype} in calibration batch {batch}; only numeric "
-                "tensors can be calibrated (exclude the tensor)"
-            )
-        if x.dtype.kind == "b":
-            x = x.astype(np.uint8)
-        flat = x.reshape(-1)  # a view for the contiguous arrays ONNX Runtime returns
+        x = _check_dtype(self.name, np.asarray(array), batch)
+        flat = x.reshape(-1)
         bufs = scratch if scratch is not None else _Scratch()
         nb = self.num_bins
-        hist_range = self.hist_range
-        local = np.zeros(nb, dtype=np.int64)  # this batch's counts at range hist_range
+        pr, nr = self.pos_range, self.neg_range
+        pos = np.zeros(nb + 1, dtype=np.int64)
+        neg = np.zeros(nb + 1, dtype=np.int64)
         lo: float | None = None
         hi: float | None = None
         absmax = 0.0
         for start in range(0, flat.shape[0], _CHUNK):
             chunk = flat[start : start + _CHUNK]
-            cmin = float(chunk.min())
-            cmax = float(chunk.max())
-            if not (math.isfinite(cmin) and math.isfinite(cmax)):
-                self._raise_non_finite(chunk, batch)
-            # |x| as the float32 the histogram sees (values beyond float32 range overflow to inf)
-            with np.errstate(over="ignore"):
-                cabs = float(np.float32(max(-cmin, cmax)))
-            if math.isinf(cabs):
-                raise CalibrationError(
-                    f"tensor '{self.name}' has values beyond the float32 range in calibration batch "
-                    f"{batch}; check the input data and preprocessing (or exclude the tensor)"
-                )
+            cmin, cmax, cabs = _chunk_extremes(self.name, chunk, batch)
             lo = cmin if lo is None else min(lo, cmin)
             hi = cmax if hi is None else max(hi, cmax)
             absmax = max(absmax, cabs)
-            if cabs == 0.0:  # all zeros: bin 0 at any range
-                local[0] += chunk.shape[0]
-                continue
-            if cabs > hist_range:
-                new_range = pow2_ceil(cabs)
-                local = _at_range(local, hist_range, new_range)
-                hist_range = new_range
-            local += bin_abs_chunk(chunk, nb / hist_range, nb, bufs.abs_buf, bufs.idx_buf)
+            need_pos = float(np.float32(cmax)) if cmax > 0 else 0.0
+            need_neg = float(np.float32(-cmin)) if cmin < 0 else 0.0
+            if need_pos > pr:
+                new_range = pow2_ceil(need_pos)
+                pos = _grow_ext(pos, pr, new_range)
+                pr = new_range
+            if need_neg > nr:
+                new_range = pow2_ceil(need_neg)
+                neg = _grow_ext(neg, nr, new_range)
+                nr = new_range
+            p, q = bin_signed_chunk(chunk, pr, nr, nb, bufs.abs_buf, bufs.idx_buf)
+            pos += p
+            neg += q
         # commit the whole batch at once
-        self.counts = _at_range(self.counts, self.hist_range, hist_range) + local
-        self.hist_range = hist_range
+        self._pos = _grow_ext(self._pos, self.pos_range, pr) + pos
+        self._neg = _grow_ext(self._neg, self.neg_range, nr) + neg
+        self.pos_range, self.neg_range = pr, nr
         self.count += int(flat.shape[0])
         self.min = _opt(min, self.min, lo)
         self.max = _opt(max, self.max, hi)
         self.absmax = max(self.absmax, absmax)
         self.batches += 1
 
-    def _raise_non_finite(self, chunk: np.ndarray, batch: int) -> NoReturn:
-        what = "NaN" if bool(np.isnan(chunk).any()) else "infinite"
-        raise CalibrationError(
-            f"tensor '{self.name}' has {what} values in calibration batch {batch}; check the input "
-            "data and preprocessing (or exclude the tensor)"
-        )
-
-    def merge(self, stats: TensorStats) -> None:
-        """Add statistics collected elsewhere (another shard)."""
-        merged = self.snapshot().merge(stats)
-        self.hist_range = merged.hist_range
-        self.counts = np.array(merged.counts)
-        self.count = merged.count
-        self.min = merged.min
-        self.max = merged.max
-        self.absmax = merged.absmax
-
     def snapshot(self) -> TensorStats:
-        """The current statistics as an immutable value (copies the counts)."""
-        return TensorStats(
-            self.num_bins, self.hist_range, self.counts, self.count, self.min, self.max, self.absmax
+        """The tensor's |x| statistics."""
+        hist_range = max(self.pos_range, self.neg_range)
+        ext = _grow_ext(self._pos, self.pos_range, hist_range) + _grow_ext(
+            self._neg, self.neg_range, hist_range
         )
+        return TensorStats(
+            self.num_bins, hist_range, _folded(ext), self.count, self.min, self.max, self.absmax
+        )
+
+    def relu_snapshot(self) -> TensorStats:
+        """Statistics of ``max(x, 0)`` over the same data."""
+        counts = _folded(self._pos)
+        counts[0] += int(self._neg.sum())
+        lo = None if self.min is None else max(self.min, 0.0)
+        hi = None if self.max is None else max(self.max, 0.0)
+        absmax = float(np.float32(hi)) if hi else 0.0
+        return TensorStats(self.num_bins, self.pos_range, counts, self.count, lo, hi, absmax)
 
 
 class StatsCollector:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,9 @@ def load_stats(path: str | Path) -> tuple[dict[str, TensorStats], dict[str, Any]
                     f"statistics '{p}': array '{absent[0]}' is missing; the file is incomplete, recalibrate"
                 )
             arrays = {k: z[k] for k in _ARRAYS}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+        # zlib.error: a damaged compressed member; NotImplementedError: zipfile on a garbled version
+        # or compression method field.
         raise CacheError(f"statistics '{p}': not a readable statistics file ({exc}); recalibrate") from exc
     try:
         meta = json.loads(str(arrays["meta"]))
@@ -210,6 +213,9 @@ def _check_arrays(p: Path, names: list[str], a: Mapping[str, np.ndarray]) -> Non
         return CacheError(f"statistics '{p}', tensor '{names[i]}': {what}; the file is corrupt, recalibrate")
 
     counts, count = a["counts"], a["count"]
+    for key in ("hist_range", "absmax", "min", "max"):
+        if a[key].dtype.kind not in "fiu":
+            raise CacheError(f"statistics '{p}': '{key}' holds {a[key].dtype} values, not real numbers; the file is corrupt, recalibrate")
     if not np.issubdtype(counts.dtype, np.integer) or not np.issubdtype(count.dtype, np.integer):
         raise CacheError(f"statistics '{p}': counts are not integers; the file is corrupt, recalibrate")
     for key in ("hist_range", "absmax"):

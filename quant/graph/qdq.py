@@ -2,8 +2,8 @@
 
 Two steps, kept apart on purpose (as in ModelOpt): :func:`plan_qdq` decides *which* tensors and
 weights are quantized (a :class:`QdqPlan`, pure data), and an inserter for a target writes the
-QuantizeLinear / DequantizeLinear nodes. Only ``target="tensorrt"`` exists today; an ONNX Runtime
-form (unsigned activations, fusable layout) can be added as another inserter over the same plan.
+QuantizeLinear / DequantizeLinear nodes: ``target="tensorrt"`` (below) and ``target="onnxruntime"``
+(the CPU deployment form, see :func:`_insert_onnxruntime`), both over the same plan.
 
 TensorRT form (see REFERENCE.md, "Explicit quantization rules"):
 
@@ -46,6 +46,7 @@ from quant.graph._util import (
     get_attr,
     infer_shapes,
     iter_graphs,
+    iter_subgraphs,
     node_label,
     tensor_elem_types,
 )
@@ -78,7 +79,7 @@ INT8_CAPABLE_OPS = QUANTIZABLE_OPS | RESIDUAL_OPS
 #: Per-axis QuantizeLinear / DequantizeLinear appeared in opset 13.
 QDQ_MIN_OPSET = 13
 #: Known Q/DQ forms.
-TARGETS = ("tensorrt",)
+TARGETS = ("tensorrt", "onnxruntime")
 
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE})
 
@@ -536,7 +537,352 @@ def _insert_tensorrt(model: onnx.ModelProto, plan: QdqPlan) -> onnx.ModelProto:
     return infer_shapes(out)
 
 
-_INSERTERS = {"tensorrt": _insert_tensorrt}
+# --- the ONNX Runtime (CPU) form --------------------------------------------------------------
+
+#: Ops whose QDQ group ONNX Runtime's CPU provider fuses into an integer kernel only when the
+#: output is quantized too (DQ -> Conv -> Q becomes QLinearConv). Gemm and MatMul fuse without an
+#: output Q (QGemm / MatMulIntegerToFloat give float outputs), so their outputs get no extra Q.
+_ORT_NEEDS_OUTPUT_Q = frozenset({"Conv", "ConvTranspose"})
+_ORT_BIAS_SLOT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+_INT32_MAX = 2**31 - 1
+
+
+def _insert_onnxruntime(
+    model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float | None]
+) -> onnx.ModelProto:
+    """Write the plan in the form ONNX Runtime's CPU provider fuses into integer kernels.
+
+    The same nodes, activations and weights as the TensorRT form (the plan), laid out for ORT's
+    QDQ fusions (QLinearConv, QGemm, QLinearMatMul / MatMulIntegerToFloat, QLinearAdd):
+
+    - Activations are uint8 (the x86 fast path is u8 activations x s8 weights) with
+      scale ``amax / 127``: zero point 128 has exactly TensorRT's symmetric grid (plus one code,
+      -128, below it). A tensor made by a ReLU gets zero point 0 instead (its values are >= 0):
+      the same grid over [0, amax], extended to 2 * amax instead of clipping at amax.
+    - Q/DQ on outputs: ORT fuses ``DQ -> Conv -> Q`` only when the Conv's output is quantized and
+      goes to that Q alone, so the output of every quantized Conv / ConvTranspose gets a Q (the
+      range from the cache: calibrate with scope "all", the default) and *all* its consumers read
+      the dequantized tensor, under the tensor's own name. A ReLU right after a quantized node is
+      folded into that Q (zero point 0 clamps at 0 exactly as the ReLU does); so is a Clip(0, hi)
+      (ReLU6), with scale ``hi / 255`` when TensorRT's grid would saturate beyond ``hi``. The outputs of
+      quantized Gemm / MatMul / Add get a Q only when they (or their folded ReLU) are quantized
+      activations of the plan anyway.
+    - Weights: int8 per channel, zero point 0, exactly as in the TensorRT form. Biases of
+      quantized Conv / ConvTranspose / Gemm become int32 with scale ``input scale x weight scale``
+      (ORT's fusions require a dequantized int32 bias; the rounding error is below one part in
+      ``2**31`` of the accumulator range).
+    - Graph inputs and graph outputs keep float consumers float (a Q/DQ branch, as in the
+      TensorRT form): a graph output is never replaced by its dequantized value.
+
+    Numerically this differs from the TensorRT form only where a float consumer now reads a
+    dequantized tensor, in ReLU outputs above amax (kept up to 2 * amax instead of clipped), in
+    folded Clips that needed the ``hi / 255`` grid, and in the code -128; ``quant eval --precisions
+    fp32,int8,int8-ort`` shows both side by side.
+    """
+    out = copy_model(model)
+    g = out.graph
+    names = NameAllocator(all_names(out))
+    inits = {t.name: t for t in g.initializer}
+    graph_outputs = {o.name for o in g.output}
+    producer: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
+    for idx, node in enumerate(g.node):
+        for o in node.output:
+            if o:
+                producer[o] = idx
+        for i in dict.fromkeys(node.input):
+            if i:
+                consumers.setdefault(i, []).append(idx)
+    for sub_ref in _subgraph_reads(g):
+        consumers.setdefault(sub_ref, []).append(-1)  # read inside a subgraph: never fold past it
+    planned = {np_.index: np_ for np_ in plan.nodes}
+    new_inits: list[TensorProto] = []
+
+    # -- which tensors get a Q/DQ, with which parameters, and how ------------------------------
+    # "replace": the producer's output is renamed, Q -> DQ writes the tensor under its own name,
+    # so every consumer reads the dequantized value (what ORT's fusion of the producer needs).
+    # "branch": Q -> DQ next to the float tensor, read only by the planned consumers (TensorRT's
+    # way; for graph inputs and outputs and for producers that are not fused anyway).
+    q_amax: dict[str, float] = {}
+    nonneg: set[str] = set()
+    replace: set[str] = set()
+    fold_act: dict[str, int] = {}  # tensor (ReLU output) -> index of the folded ReLU node
+    q_source: dict[str, str] = {}  # tensor -> the tensor that feeds its Q (the ReLU's input when folded)
+    q_scale: dict[str, np.ndarray] = {}  # scales other than amax / 127 (folded Clips)
+
+    def usable(t: str) -> float | None:
+        value = plan.activations.get(t)
+        if value is None and _amax_problem(amax.get(t)) is None:
+            value = float(amax[t])  # type: ignore[arg-type]
+        return value
+
+    for t, a in plan.activations.items():
+        q_amax[t] = a
+        p = producer.get(t)
+        if p is not None and _non_negative(g.node[p], out):
+            nonneg.add(t)
+
+    for idx, np_ in planned.items():
+        node = g.node[idx]
+        o = node.output[0]
+        if not o or o in graph_outputs:
+            continue
+        users = consumers.get(o, [])
+        act = g.node[users[0]] if len(users) == 1 and users[0] >= 0 else None
+        if act is not None and act.domain in ("", "ai.onnx") and act.output[0] not in graph_outputs:
+            t = act.output[0]
+            act_amax = usable(t)
+            fold_scale = None if act_amax is None else _folded_scale(act, act_amax, out)
+            if act_amax is not None and fold_scale is not None:
+                q_amax[t] = act_amax
+                q_scale[t] = fold_scale
+                nonneg.add(t)
+                fold_act[t] = users[0]
+                q_source[t] = o
+                continue
+        if o in plan.activations or node.op_type in _ORT_NEEDS_OUTPUT_Q:
+            out_amax = usable(o)
+            if out_amax is not None:
+                q_amax[o] = out_amax
+                replace.add(o)
+            else:
+                log.debug(
+                    "onnxruntime form: no range for output '%s' of node '%s'; ORT will not fuse it",
+                    o,
+                    np_.name,
+                )
+
+    params: dict[str, tuple[str, str]] = {}  # tensor -> (scale, zero point) initializer names
+    x_scales = {t: q_scale.get(t, _activation_scale(a)) for t, a in q_amax.items()}
+    for t in q_amax:
+        scale = names(f"{t}_scale")
+        zero = names(f"{t}_zero_point")
+        new_inits.append(numpy_helper.from_array(x_scales[t], scale))
+        new_inits.append(numpy_helper.from_array(np.array(0 if t in nonneg else 128, dtype=np.uint8), zero))
+        params[t] = (scale, zero)
+
+    # -- Q -> DQ nodes, placed right after what feeds them --------------------------------------
+    after: dict[str, list[onnx.NodeProto]] = {}
+    act_dq: dict[str, str] = {}  # branch tensors: tensor -> DQ output read by planned consumers
+    removed: set[int] = set(fold_act.values())
+    for t in q_amax:
+        scale, zero = params[t]
+        q_out = names(f"{t}_QuantizeLinear_Output")
+        if t in fold_act:
+            src = q_source[t]
+            dq_out = t
+        elif t in replace:
+            src = names(f"{t}_float")
+            node = g.node[producer[t]]
+            node.output[list(node.output).index(t)] = src
+            dq_out = t
+        else:
+            src = t
+            dq_out = names(f"{t}_DequantizeLinear_Output")
+            act_dq[t] = dq_out
+        after.setdefault(src, []).extend(
+            [
+                helper.make_node(
+                    "QuantizeLinear", [src, scale, zero], [q_out], name=names(f"{t}_QuantizeLinear")
+                ),
+                helper.make_node(
+                    "DequantizeLinear", [q_out, scale, zero], [dq_out], name=names(f"{t}_DequantizeLinear")
+                ),
+            ]
+        )
+
+    # -- weights and biases -------------------------------------------------------------------
+    weight_dq: dict[WeightPlan, tuple[str, np.ndarray]] = {}
+    before: dict[int, list[onnx.NodeProto]] = {}
+    for idx, np_ in planned.items():
+        node = g.node[idx]
+        if np_.weight_slot is None:
+            continue
+        slot, wp = np_.weight_slot
+        if wp not in weight_dq:
+            w = numpy_helper.to_array(inits[wp.tensor])
+            if not np.all(np.isfinite(w)):
+                raise ModelError(
+                    f"weight '{wp.tensor}' has NaN or infinite values; fix the model before quantizing"
+                )
+            q, w_scale = quantize_weight(w, wp.axis)
+            q_name = names(f"{wp.tensor}_quantized")
+            s_name = names(f"{wp.tensor}_scale")
+            z_name = names(f"{wp.tensor}_zero_point")
+            dq_out = names(f"{wp.tensor}_DequantizeLinear_Output")
+            new_inits.append(numpy_helper.from_array(q, q_name))
+            new_inits.append(numpy_helper.from_array(w_scale, s_name))
+            new_inits.append(numpy_helper.from_array(np.zeros(w_scale.shape, dtype=np.int8), z_name))
+            dq = helper.make_node(
+                "DequantizeLinear",
+                [q_name, s_name, z_name],
+                [dq_out],
+                name=names(f"{wp.tensor}_DequantizeLinear"),
+            )
+            if wp.axis is not None:
+                dq.attribute.append(helper.make_attribute("axis", wp.axis))
+            before.setdefault(idx, []).append(dq)
+            weight_dq[wp] = (dq_out, w_scale)
+        dq_out, w_scale = weight_dq[wp]
+        node.input[slot] = dq_out
+        bias = _quantized_bias(
+            node, np_, inits, w_scale, x_scales, names, new_inits, before.setdefault(idx, [])
+        )
+        if bias is not None:
+            node.input[_ORT_BIAS_SLOT[node.op_type]] = bias
+
+    # -- rewire the planned consumers of branch tensors, drop folded ReLUs, order the nodes ----
+    for idx, np_ in planned.items():
+        node = g.node[idx]
+        for slot, t in np_.activation_slots:
+            if t in act_dq:
+                node.input[slot] = act_dq[t]
+    nodes: list[onnx.NodeProto] = []
+    for v in g.input:
+        nodes.extend(after.pop(v.name, []))
+    for idx, node in enumerate(g.node):
+        if idx in removed:
+            continue
+        nodes.extend(before.get(idx, []))
+        nodes.append(node)
+        for o in node.output:
+            nodes.extend(after.pop(o, []))
+    if after:  # pragma: no cover - every Q source is a graph input or a node output
+        raise ModelError(f"Q/DQ placement: tensors without producer: {sorted(after)}")
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.extend(new_inits)
+    used: set[str] = {v.name for v in g.output}
+    for graph in iter_graphs(g):
+        for n in graph.node:
+            used.update(n.input)
+    keep = [t for t in g.initializer if t.name in used]
+    if len(keep) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    del g.value_info[:]  # renamed producers: let shape inference describe the new tensors
+    return infer_shapes(out)
+
+
+def _clip_bounds(node: onnx.NodeProto, model: onnx.ModelProto) -> tuple[float, float] | None:
+    """(min, max) of a Clip whose bounds are constants (attributes before opset 11, inputs after)."""
+    lo: float = -math.inf
+    hi: float = math.inf
+    attrs = {a.name: a for a in node.attribute}
+    if "min" in attrs or "max" in attrs:
+        lo = float(get_attr(node, "min", -math.inf))  # type: ignore[arg-type]
+        hi = float(get_attr(node, "max", math.inf))  # type: ignore[arg-type]
+        return lo, hi
+    inits = {t.name: t for t in model.graph.initializer}
+    for slot in (1, 2):
+        if len(node.input) > slot and node.input[slot]:
+            t = inits.get(node.input[slot])
+            if t is None:
+                return None
+            value = numpy_helper.to_array(t)
+            if value.size != 1:
+                return None
+            if slot == 1:
+                lo = float(value.reshape(-1)[0])
+            else:
+                hi = float(value.reshape(-1)[0])
+    return lo, hi
+
+
+def _non_negative(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
+    """Whether ``node``'s output is >= 0 by construction (ReLU, Clip with a lower bound of 0)."""
+    if node.op_type == "Relu":
+        return True
+    bounds = _clip_bounds(node, model) if node.op_type == "Clip" else None
+    return bounds is not None and bounds[0] == 0.0
+
+
+def _folded_scale(node: onnx.NodeProto, amax: float, model: onnx.ModelProto) -> np.ndarray | None:
+    """The scale of a uint8 Q (zero point 0) that does what activation ``node`` does, or None.
+
+    ReLU: TensorRT's scale ``amax / 127`` (the Q clamps at 0 and has no upper clamp of its own).
+    Clip(0, hi): TensorRT's scale when the Q's own saturation, ``255 * scale``, stays within ``hi``;
+    otherwise ``hi / 255``, the grid over exactly [0, hi] (finer than TensorRT's, and clamping
+    where the Clip does), so that the Clip can go and the Conv before it fuse. Other bounds: None.
+    """
+    if node.op_type == "Relu":
+        return _activation_scale(amax)
+    if node.op_type == "Clip":
+        bounds = _clip_bounds(node, model)
+        if bounds is None or bounds[0] != 0.0 or not 0.0 < bounds[1] < math.inf:
+            return None
+        scale = _activation_scale(amax)
+        if 255.0 * float(scale) <= bounds[1]:
+            return scale
+        fitted = np.array(np.float32(bounds[1] / 255.0), dtype=np.float32)
+        return fitted if 255.0 * float(fitted) <= bounds[1] * (1 + 1e-6) and fitted > 0 else None
+    return None
+
+
+def _subgraph_reads(g: onnx.GraphProto) -> set[str]:
+    """Names read inside the subgraphs of ``g``'s nodes."""
+    names: set[str] = set()
+    for node in g.node:
+        for sub in iter_subgraphs(node):
+            for graph in iter_graphs(sub):
+                for n in graph.node:
+                    names.update(i for i in n.input if i)
+    return names
+
+
+def _quantized_bias(
+    node: onnx.NodeProto,
+    np_: NodePlan,
+    inits: Mapping[str, TensorProto],
+    w_scale: np.ndarray,
+    x_scales: Mapping[str, np.ndarray],
+    names: NameAllocator,
+    new_inits: list[TensorProto],
+    before: list[onnx.NodeProto],
+) -> str | None:
+    """An int32 bias (scale = input scale x weight scale, per output channel) behind a DQ, or None
+    to leave the bias float (no bias, not an initializer, not 1-D, or beyond the int32 range)."""
+    slot = _ORT_BIAS_SLOT.get(node.op_type)
+    if slot is None or len(node.input) <= slot or not node.input[slot]:
+        return None
+    b_name = node.input[slot]
+    if b_name not in inits or not np_.activation_slots:
+        return None
+    b = numpy_helper.to_array(inits[b_name]).astype(np.float64)
+    x_t = np_.activation_slots[0][1]
+    if x_t not in x_scales or b.ndim != 1:
+        return None
+    x_scale = float(x_scales[x_t])
+    scale = (x_scale * w_scale.astype(np.float64)).reshape(-1)
+    if scale.size not in (1, b.shape[0]):
+        return None
+    scale = np.broadcast_to(scale, b.shape).astype(np.float32)
+    q = np.rint(b / scale.astype(np.float64))
+    if not np.all(np.abs(q) <= _INT32_MAX):
+        return None
+    q_name = names(f"{b_name}_quantized")
+    s_name = names(f"{b_name}_scale")
+    z_name = names(f"{b_name}_zero_point")
+    dq_out = names(f"{b_name}_DequantizeLinear_Output")
+    new_inits.append(numpy_helper.from_array(q.astype(np.int32), q_name))
+    new_inits.append(numpy_helper.from_array(scale, s_name))
+    new_inits.append(numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int32), z_name))
+    before.append(
+        helper.make_node(
+            "DequantizeLinear",
+            [q_name, s_name, z_name],
+            [dq_out],
+            name=names(f"{b_name}_DequantizeLinear"),
+            axis=0,
+        )
+    )
+    return dq_out
+
+
+_INSERTERS = {
+    "tensorrt": lambda model, plan, amax: _insert_tensorrt(model, plan),
+    "onnxruntime": _insert_onnxruntime,
+}
 
 
 def insert_qdq(
@@ -558,7 +904,7 @@ def insert_qdq(
     patterns = _check_exclude(exclude)
     converted = _ensure_opset(model)
     plan = plan_qdq(converted, amax, exclude=patterns)
-    out = inserter(converted, plan)
+    out = inserter(converted, plan, amax)
     counts = f"{len(plan.activations)} activations, {len(plan.weights)} weights"
     log.info("insert_qdq(%s): %s quantized, %d tensors skipped", target, counts, len(plan.skipped))
     return QdqResult(

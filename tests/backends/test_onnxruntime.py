@@ -129,7 +129,7 @@ def test_optimization_levels_agree(level: str) -> None:
 
 def test_bad_options() -> None:
     model, _ = matmul_relu()
-    with pytest.raises(UsageError, match="optimization must be one of all, basic, none \\(got 'max'\\)"):
+    with pytest.raises(UsageError, match="optimization must be one of all, extended, basic, none \\(got .max.\\)"):
         OrtRunner(model, optimization="max")
     with pytest.raises(UsageError, match="--threads must be a positive integer \\(got 0\\)"):
         OrtRunner(model, threads=0)

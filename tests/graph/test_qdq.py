@@ -321,8 +321,8 @@ def test_nan_weight_is_an_error() -> None:
 
 
 def test_unknown_target_and_scope() -> None:
-    with pytest.raises(UsageError, match="Q/DQ target 'onnxruntime' is unknown; choose one of: tensorrt"):
-        insert_qdq(mlp(), {}, target="onnxruntime")
+    with pytest.raises(UsageError, match="Q/DQ target 'tflite' is unknown; choose one of: tensorrt, onnxruntime"):
+        insert_qdq(mlp(), {}, target="tflite")
     with pytest.raises(UsageError, match="calibration scope 'some' is unknown; choose 'all' or 'qdq'"):
         calibration_tensors(mlp(), "some")
 
