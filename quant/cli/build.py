@@ -16,6 +16,7 @@ from quant.cli.options import (
     verbose_option,
     want_progress,
 )
+from quant.cli.trt_options import TrtCliOptions, trt_build_options
 
 
 @click.command(
@@ -53,6 +54,10 @@ Examples:
               help="Also exclude the layers listed in FILE (a .fallback.json written by --accuracy-budget).")
 @click.option("--fallback-report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="Where the fallback steps and exclusions go [default: OUTPUT.fallback.json].")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="onnxruntime: write an ONNX model. tensorrt: build a TensorRT engine (-o model.engine) "
+              "with the options below; needs pip install 'quant[tensorrt]' and an NVIDIA GPU.")
+@trt_build_options()
 @progress_option()
 @verbose_option()
 def build_command(
@@ -74,6 +79,8 @@ def build_command(
     min_sqnr: float | None,
     exclude_from: Path | None,
     fallback_report: Path | None,
+    backend: str,
+    trt_options: TrtCliOptions,
     progress: bool | None,
 ) -> None:
     """Build an INT8 (Q/DQ), FP16 or cleaned FP32 ONNX model from MODEL.
@@ -93,6 +100,14 @@ def build_command(
     from quant import api
     from quant.config import BuildOptions, FallbackOptions
     from quant.errors import QuantError
+
+    if backend == "tensorrt":
+        _build_engine(model, output=output, cache=cache, precision=precision, strict=strict,
+                      exclude=flatten(exclude), trt_options=trt_options,
+                      data=None if data is None else make_data_options(
+                          data, max_samples=max_samples, seed=seed, batch_size=batch_size,
+                          preprocess=preprocess, on_bad_image=on_bad_image, workers=workers))
+        return
 
     opts = BuildOptions(precision=precision, target=target, exclude=flatten(exclude), strict=strict)  # type: ignore[arg-type]
     fallback = FallbackOptions(
@@ -137,3 +152,26 @@ def build_command(
             f"budget not met ({outcome.fallback.budget.describe(outcome.fallback.metric)}): some layers cannot be "
             f"excluded by name; see {outcome.fallback_path}"
         )
+
+
+def _build_engine(
+    model: Path,
+    *,
+    output: Path,
+    cache: Path | None,
+    precision: str,
+    strict: bool,
+    exclude: tuple[str, ...],
+    trt_options: TrtCliOptions,
+    data: object,
+) -> None:
+    """quant build --backend tensorrt: a TensorRT engine plus its sidecar."""
+    from quant import api
+
+    opts = trt_options.to_build_options(precision=precision, strict=strict, exclude=exclude)
+    result = api.build_tensorrt_engine(model, output=output, trt_options=opts, cache=cache, data=data)  # type: ignore[arg-type]
+    echo(f"wrote {result.engine} and {result.sidecar} ({result.precision}, {result.mode}, TensorRT {result.trt_version})")
+    if result.cache_reused:
+        echo(f"  calibration cache reused: {result.cache}")
+    elif result.calibration_batches:
+        echo(f"  TensorRT calibrated on {result.calibration_samples} samples; cache: {result.cache_written}")

@@ -16,6 +16,7 @@ from quant.cli.options import (
     verbose_option,
     want_progress,
 )
+from quant.cli.trt_options import TrtCliOptions, trt_build_options, trt_runtime_options
 
 
 @click.command(
@@ -41,6 +42,13 @@ Examples:
 @click.option("--layers", is_flag=True,
               help="Also measure each INT8 layer's error against FP32 (first 64 samples) and keep the worst "
               "layers' activation histograms (needs --cache or --int8-model); shown by 'quant report -o'.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+              help="tensorrt: build one TensorRT engine per precision (into --engine-dir) and evaluate the "
+              "engines on the GPU; needs pip install 'quant[tensorrt]' and an NVIDIA GPU.")
+@click.option("--engine-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where --backend tensorrt writes its engines (default: engines/ next to MODEL).")
+@trt_build_options()
+@trt_runtime_options()
 @progress_option()
 @verbose_option()
 def eval_command(
@@ -59,6 +67,9 @@ def eval_command(
     report: Path | None,
     threads: int | None,
     layers: bool,
+    backend: str,
+    engine_dir: Path | None,
+    trt_options: TrtCliOptions,
     progress: bool | None,
 ) -> None:
     """Evaluate MODEL in several precisions on --data and print a table.
@@ -78,6 +89,17 @@ def eval_command(
         data, max_samples=max_samples, seed=seed, batch_size=batch_size,
         preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,
     )
+    if backend == "tensorrt":
+        if int8_model is not None or layers or exclude:
+            raise click.UsageError("--int8-model, --layers and --exclude are ONNX Runtime options; drop them with --backend tensorrt")
+        rep = api.evaluate_tensorrt(
+            model, data_opts, trt_options=trt_options.to_build_options(precision="fp32"),
+            engine_dir=engine_dir or model.parent / "engines", cache=cache, options=opts,
+            warmup=trt_options.warmup, report=report, progress=want_progress(progress),
+            command=["quant", *sys.argv[1:]],
+        )
+        echo(render_table(rep))
+        return
     rep = api.evaluate(
         model, data_opts, cache=cache, int8_model=int8_model, options=opts, exclude=flatten(exclude),
         report=report, progress=want_progress(progress), command=["quant", *sys.argv[1:]], layers=layers,
