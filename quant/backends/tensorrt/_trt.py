@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import tensorrt as trt
 
 if TYPE_CHECKING:
-    from typing_extensions import Buffer
+    from typing_extensions import Buffer, Self
 
     from quant.backends.tensorrt.calibrator import CalibratorCore
 
@@ -32,88 +32,55 @@ log = logging.getLogger("quant.backends.tensorrt")
 # --------------------------------------------------------------------------------------------
 
 
-class EntropyCalibrator2(trt.IInt8EntropyCalibrator2):
+class _CoreDelegate:
+    """The calibrator methods TensorRT calls, delegated to a :class:`CalibratorCore`. Mixed in
+    before the TensorRT base class so its methods are the Python overrides TensorRT finds."""
+
+    core: CalibratorCore
+
+    def get_batch_size(self) -> int:
+        return self.core.get_batch_size()
+
+    def get_batch(self, names: list[str]) -> list[int]:
+        return self.core.get_batch(names) or []
+
+    def read_calibration_cache(self) -> bytes | None:
+        return self.core.read_calibration_cache()
+
+    def write_calibration_cache(self, cache: Buffer) -> None:
+        self.core.write_calibration_cache(bytes(memoryview(cache)))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.core.close()
+
+
+class EntropyCalibrator2(_CoreDelegate, trt.IInt8EntropyCalibrator2):  # type: ignore[misc, unused-ignore]  # None-returning read: see above
     """``IInt8EntropyCalibrator2``: TensorRT's recommended calibrator (cache header EntropyCalibration2)."""
 
     def __init__(self, core: CalibratorCore) -> None:
         trt.IInt8EntropyCalibrator2.__init__(self)
         self.core = core
 
-    def get_batch_size(self) -> int:
-        return self.core.get_batch_size()
 
-    def get_batch(self, names: list[str]) -> list[int]:
-        return self.core.get_batch(names) or []
-
-    def read_calibration_cache(self) -> bytes | None:  # type: ignore[override, unused-ignore]  # None: see above
-        return self.core.read_calibration_cache()
-
-    def write_calibration_cache(self, cache: Buffer) -> None:
-        self.core.write_calibration_cache(bytes(memoryview(cache)))
-
-    def __enter__(self) -> EntropyCalibrator2:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.core.close()
-
-
-class MinMaxCalibrator(trt.IInt8MinMaxCalibrator):
+class MinMaxCalibrator(_CoreDelegate, trt.IInt8MinMaxCalibrator):  # type: ignore[misc, unused-ignore]  # None-returning read: see above
     """``IInt8MinMaxCalibrator`` (cache header MinMaxCalibration)."""
 
     def __init__(self, core: CalibratorCore) -> None:
         trt.IInt8MinMaxCalibrator.__init__(self)
         self.core = core
 
-    def get_batch_size(self) -> int:
-        return self.core.get_batch_size()
 
-    def get_batch(self, names: list[str]) -> list[int]:
-        return self.core.get_batch(names) or []
-
-    def read_calibration_cache(self) -> bytes | None:  # type: ignore[override, unused-ignore]  # None: see above
-        return self.core.read_calibration_cache()
-
-    def write_calibration_cache(self, cache: Buffer) -> None:
-        self.core.write_calibration_cache(bytes(memoryview(cache)))
-
-    def __enter__(self) -> MinMaxCalibrator:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.core.close()
-
-
-class EntropyCalibrator(trt.IInt8EntropyCalibrator):
+class EntropyCalibrator(_CoreDelegate, trt.IInt8EntropyCalibrator):  # type: ignore[misc, unused-ignore]  # None-returning read: see above
     """``IInt8EntropyCalibrator``, the legacy entropy calibrator (cache header EntropyCalibration)."""
 
     def __init__(self, core: CalibratorCore) -> None:
         trt.IInt8EntropyCalibrator.__init__(self)
         self.core = core
-
-    def get_batch_size(self) -> int:
-        return self.core.get_batch_size()
-
-    def get_batch(self, names: list[str]) -> list[int]:
-        return self.core.get_batch(names) or []
-
-    def read_calibration_cache(self) -> bytes | None:  # type: ignore[override, unused-ignore]  # None: see above
-        return self.core.read_calibration_cache()
-
-    def write_calibration_cache(self, cache: Buffer) -> None:
-        self.core.write_calibration_cache(bytes(memoryview(cache)))
-
-    def __enter__(self) -> EntropyCalibrator:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.core.close()
 
 
 def make_calibrator(core: CalibratorCore) -> trt.IInt8Calibrator:

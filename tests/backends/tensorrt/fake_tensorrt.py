@@ -397,7 +397,8 @@ class Builder:
         return memoryview(PLAN_MAGIC + json.dumps(doc).encode())
 
     def _calibrate(self, network: INetworkDefinition, config: IBuilderConfig, calib: Any) -> Any:
-        algorithm = getattr(type(calib).__mro__[1], "ALGORITHM", "")  # the TensorRT base of the subclass
+        # the TensorRT calibrator base anywhere in the subclass's MRO (mixins may come first)
+        algorithm = next((c.ALGORITHM for c in type(calib).__mro__ if "ALGORITHM" in vars(c)), "")
         version = self.module.__version__.split(".")
         major, minor, patch = int(version[0]), int(version[1]), int(version[2])
         number = major * 10000 + minor * 100 + patch if major >= 10 else major * 1000 + minor * 100 + patch
