@@ -9,6 +9,7 @@ this module's logger at debug level.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -84,6 +85,19 @@ def _shared_cpu_arena(ort: ModuleType) -> bool:
             logger.debug("cannot register a shared ONNX Runtime CPU arena: %s", exc)
             _SHARED_ARENA.append(False)
     return _SHARED_ARENA[0]
+
+
+def default_threads() -> int:
+    """Intra-op threads for a session: the CPUs this process may run on.
+
+    ONNX Runtime's own default counts the machine's cores and, in some builds, pins one thread to
+    each, ignoring the process's CPU affinity (``taskset``, container CPU sets): 16 threads then
+    fight over 2 allowed CPUs. Asking for the affinity count avoids that everywhere.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def ort_version() -> str:
@@ -271,11 +285,13 @@ class OrtRunner:
     file with external data, removed on close) or a path. ``extra_outputs`` are intermediate
     tensors added as graph outputs (on a copy). ``optimization`` is "all" | "extended" | "basic" |
     "none" ("extended" skips the layout transformations, e.g. NCHWc, that copy weights);
-    ``threads`` sets ORT's intra-op thread count (None: ORT's default, all cores). ``name`` names
+    ``threads`` sets ORT's intra-op thread count (None: the CPUs this process may use, see
+    :func:`default_threads`). ``name`` names
     the model in messages (default: the path, or the graph name). ``session_config`` holds ORT
     session configuration entries (e.g. ``{"session.intra_op.allow_spinning": "0"}``);
     ``memory_arena=False`` lets freed activations go back to the system allocator instead of a
-    per-session arena (several sessions alive at once then do not each keep their peak). Session
+    per-session arena; ``"shared"`` draws from one arena that all sessions created so share
+    (several sessions alive at once then hold one peak, not one each). Session
     creation failures become ModelError with a one-line cause.
     """
 
@@ -318,9 +334,10 @@ class OrtRunner:
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
+        if threads is None:
+            threads = default_threads()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
         if memory_arena == "shared" and _shared_cpu_arena(ort):
             options.add_session_config_entry("session.use_env_allocators", "1")
         else:

@@ -1,10 +1,14 @@
 """Calibration over ONNX Runtime: run the data through the model once, reducing as it goes.
 
-The model runs on a copy with the requested tensors added as graph outputs; only those tensors
-are fetched, each is reduced into the :class:`StatsCollector` as soon as ORT returns it, and the
-arrays are dropped before the next batch. Memory therefore grows with tensors x bins, never with
-the number of samples. One pass suffices: the power-of-two histograms grow exactly (see
+The model runs in consecutive stages (:mod:`quant.calibrators.streaming`), each an ORT session
+whose outputs are the calibrated tensors it makes (plus what later stages read); all stages draw
+on one shared ORT arena. Each fetched tensor is reduced in place (a view of ORT's buffer) into its
+accumulator on a worker thread while ORT computes the next stage, and dropped. Tensors that are a
+ReLU or a reshaping of another calibrated tensor are not fetched: their statistics are derived
+exactly. Memory therefore grows with tensors x bins plus one stage's activations, never with the
+number of samples. One pass suffices: the power-of-two histograms grow exactly (see
 :mod:`quant.calibrators.stats`), so no range pass is needed before the histogram pass.
+docs/PERFORMANCE.md has the measurements behind each choice.
 """
 
 from __future__ import annotations

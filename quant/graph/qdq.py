@@ -603,24 +603,38 @@ def _insert_onnxruntime(
     # so every consumer reads the dequantized value (what ORT's fusion of the producer needs).
     # "branch": Q -> DQ next to the float tensor, read only by the planned consumers (TensorRT's
     # way; for graph inputs and outputs and for producers that are not fused anyway).
-    q_amax: dict[str, float] = {}
-    nonneg: set[str] = set()
+    q_amax: dict[str, float] = dict(plan.activations)
     replace: set[str] = set()
     fold_act: dict[str, int] = {}  # tensor (ReLU output) -> index of the folded ReLU node
     q_source: dict[str, str] = {}  # tensor -> the tensor that feeds its Q (the ReLU's input when folded)
     q_scale: dict[str, np.ndarray] = {}  # scales other than amax / 127 (folded Clips)
 
     def usable(t: str) -> float | None:
-        value = plan.activations.get(t)
-        if value is None and _amax_problem(amax.get(t)) is None:
-            value = float(amax[t])  # type: ignore[arg-type]
-        return value
+        """The range for a Q on ``t``: the plan's; else that of the quantized activation that ``t``
+        flows into unchanged (e.g. a ReLU output through a MaxPool into the next Conv's input:
+        quantizing before the pool with the pool output's range is what quantizing after it does,
+        so no error is added that the TensorRT form does not have); else ``t``'s own range."""
+        seen: set[str] = set()
+        cur = t
+        while cur not in plan.activations and cur not in seen:
+            seen.add(cur)
+            users = consumers.get(cur, [])
+            if len(users) != 1 or users[0] < 0 or cur in graph_outputs:
+                break
+            nxt = g.node[users[0]]
+            if (
+                nxt.op_type not in _RANGE_KEEPING_OPS
+                or nxt.domain not in ("", "ai.onnx")
+                or nxt.input[0] != cur
+            ):
+                break
+            cur = nxt.output[0]
+        if cur in plan.activations:
+            return plan.activations[cur]
+        own = amax.get(t)
+        return float(own) if own is not None and _amax_problem(own) is None else None
 
-    for t, a in plan.activations.items():
-        q_amax[t] = a
-        p = producer.get(t)
-        if p is not None and _non_negative(g.node[p], out):
-            nonneg.add(t)
+    nonneg = _non_negative_tensors(out)
 
     for idx, np_ in planned.items():
         node = g.node[idx]
@@ -636,7 +650,6 @@ def _insert_onnxruntime(
             if act_amax is not None and fold_scale is not None:
                 q_amax[t] = act_amax
                 q_scale[t] = fold_scale
-                nonneg.add(t)
                 fold_act[t] = users[0]
                 q_source[t] = o
                 continue
@@ -789,12 +802,34 @@ def _clip_bounds(node: onnx.NodeProto, model: onnx.ModelProto) -> tuple[float, f
     return lo, hi
 
 
-def _non_negative(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
-    """Whether ``node``'s output is >= 0 by construction (ReLU, Clip with a lower bound of 0)."""
-    if node.op_type == "Relu":
-        return True
-    bounds = _clip_bounds(node, model) if node.op_type == "Clip" else None
-    return bounds is not None and bounds[0] == 0.0
+#: Ops whose output holds values of their data input only (a subset or a rearrangement): a range
+#: that fits the output fits the input, and a non-negative input gives a non-negative output.
+_RANGE_KEEPING_OPS = frozenset(
+    {"MaxPool", "GlobalMaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"}
+)
+#: Ops whose output is >= 0 when their inputs are (averages, concatenations).
+_SIGN_KEEPING_OPS = _RANGE_KEEPING_OPS | {"AveragePool", "GlobalAveragePool", "Concat", "Relu"}
+
+
+def _non_negative_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors >= 0 by construction: ReLU and Clip(0, ...) outputs, and what pools, reshapes and
+    concatenations make of them only. They get zero point 0 (uint8 [0, 255])."""
+    g = model.graph
+    nonneg: set[str] = set()
+    for node in g.node:
+        if node.domain not in ("", "ai.onnx") or not node.output:
+            continue
+        if node.op_type == "Relu":
+            nonneg.add(node.output[0])
+        elif node.op_type == "Clip":
+            bounds = _clip_bounds(node, model)
+            if bounds is not None and bounds[0] >= 0.0:
+                nonneg.add(node.output[0])
+        elif node.op_type in _SIGN_KEEPING_OPS:
+            data = [i for i in node.input if i] if node.op_type == "Concat" else node.input[:1]
+            if data and all(i in nonneg for i in data):
+                nonneg.add(node.output[0])
+    return nonneg
 
 
 def _folded_scale(node: onnx.NodeProto, amax: float, model: onnx.ModelProto) -> np.ndarray | None:
