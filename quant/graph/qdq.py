@@ -410,6 +410,40 @@ def quantize_weight(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.nda
     return q, scale
 
 
+@dataclass(frozen=True)
+class WeightDequant:
+    """A weight as TensorRT wants it: INT8 per-channel initializers and the DequantizeLinear that
+    turns them back into the float tensor its consumer reads (``output``)."""
+
+    initializers: tuple[onnx.TensorProto, ...]
+    node: onnx.NodeProto
+    output: str
+    scale: np.ndarray
+
+
+def weight_dequant(tensor: str, w: np.ndarray, axis: int | None, names: NameAllocator) -> WeightDequant:
+    """Quantize weight ``tensor`` (values ``w``) per channel along ``axis`` and build its DQ node.
+
+    Shared by every form that quantizes weights (both Q/DQ targets, the switchable sensitivity
+    model), so the INT8 weights are the same bytes everywhere."""
+    if not np.all(np.isfinite(w)):
+        raise ModelError(f"weight '{tensor}' has NaN or infinite values; fix the model before quantizing")
+    q, w_scale = quantize_weight(w, axis)
+    q_name = names(f"{tensor}_quantized")
+    s_name = names(f"{tensor}_scale")
+    z_name = names(f"{tensor}_zero_point")
+    dq_out = names(f"{tensor}_DequantizeLinear_Output")
+    dq = helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_out], name=names(f"{tensor}_DequantizeLinear"))
+    if axis is not None:
+        dq.attribute.append(helper.make_attribute("axis", axis))
+    inits = (
+        numpy_helper.from_array(q, q_name),
+        numpy_helper.from_array(w_scale, s_name),
+        numpy_helper.from_array(np.zeros(w_scale.shape, dtype=np.int8), z_name),
+    )
+    return WeightDequant(inits, dq, dq_out, w_scale)
+
+
 def _activation_scale(amax: float) -> np.ndarray:
     return np.array(np.float32(amax / 127.0), dtype=np.float32)
 
@@ -477,29 +511,10 @@ def _insert_tensorrt(model: onnx.ModelProto, plan: QdqPlan) -> onnx.ModelProto:
         wp = np_.weight_slot[1]
         if wp in weight_dq:
             continue
-        w = numpy_helper.to_array(inits[wp.tensor])
-        if not np.all(np.isfinite(w)):
-            raise ModelError(
-                f"weight '{wp.tensor}' has NaN or infinite values; fix the model before quantizing"
-            )
-        q, w_scale = quantize_weight(w, wp.axis)
-        q_name = names(f"{wp.tensor}_quantized")
-        s_name = names(f"{wp.tensor}_scale")
-        z_name = names(f"{wp.tensor}_zero_point")
-        dq_out = names(f"{wp.tensor}_DequantizeLinear_Output")
-        new_inits.append(numpy_helper.from_array(q, q_name))
-        new_inits.append(numpy_helper.from_array(w_scale, s_name))
-        new_inits.append(numpy_helper.from_array(np.zeros(w_scale.shape, dtype=np.int8), z_name))
-        dq = helper.make_node(
-            "DequantizeLinear",
-            [q_name, s_name, z_name],
-            [dq_out],
-            name=names(f"{wp.tensor}_DequantizeLinear"),
-        )
-        if wp.axis is not None:
-            dq.attribute.append(helper.make_attribute("axis", wp.axis))
-        before.setdefault(np_.index, []).append(dq)
-        weight_dq[wp] = dq_out
+        wd = weight_dequant(wp.tensor, numpy_helper.to_array(inits[wp.tensor]), wp.axis, names)
+        new_inits.extend(wd.initializers)
+        before.setdefault(np_.index, []).append(wd.node)
+        weight_dq[wp] = wd.output
 
     # Rewire the quantized nodes.
     for np_ in plan.nodes:
@@ -713,29 +728,10 @@ def _insert_onnxruntime(
             continue
         slot, wp = np_.weight_slot
         if wp not in weight_dq:
-            w = numpy_helper.to_array(inits[wp.tensor])
-            if not np.all(np.isfinite(w)):
-                raise ModelError(
-                    f"weight '{wp.tensor}' has NaN or infinite values; fix the model before quantizing"
-                )
-            q, w_scale = quantize_weight(w, wp.axis)
-            q_name = names(f"{wp.tensor}_quantized")
-            s_name = names(f"{wp.tensor}_scale")
-            z_name = names(f"{wp.tensor}_zero_point")
-            dq_out = names(f"{wp.tensor}_DequantizeLinear_Output")
-            new_inits.append(numpy_helper.from_array(q, q_name))
-            new_inits.append(numpy_helper.from_array(w_scale, s_name))
-            new_inits.append(numpy_helper.from_array(np.zeros(w_scale.shape, dtype=np.int8), z_name))
-            dq = helper.make_node(
-                "DequantizeLinear",
-                [q_name, s_name, z_name],
-                [dq_out],
-                name=names(f"{wp.tensor}_DequantizeLinear"),
-            )
-            if wp.axis is not None:
-                dq.attribute.append(helper.make_attribute("axis", wp.axis))
-            before.setdefault(idx, []).append(dq)
-            weight_dq[wp] = (dq_out, w_scale)
+            wd = weight_dequant(wp.tensor, numpy_helper.to_array(inits[wp.tensor]), wp.axis, names)
+            new_inits.extend(wd.initializers)
+            before.setdefault(idx, []).append(wd.node)
+            weight_dq[wp] = (wd.output, wd.scale)
         dq_out, w_scale = weight_dq[wp]
         node.input[slot] = dq_out
         bias = _quantized_bias(

@@ -42,7 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quant.errors import ModelError, UsageError
 from quant.graph._util import NameAllocator, all_names, copy_model, iter_graphs, node_label, tensor_elem_types
-from quant.graph.qdq import NodePlan, QdqPlan, _ensure_opset, plan_qdq, quantize_weight
+from quant.graph.qdq import NodePlan, QdqPlan, _ensure_opset, plan_qdq, weight_dequant
 
 log = logging.getLogger(__name__)
 
@@ -326,27 +326,10 @@ def _int8_branch(
         copy.input[slot] = done[t]
     if np_.weight_slot is not None:
         slot, wp = np_.weight_slot
-        w = numpy_helper.to_array(inits[wp.tensor])
-        if not np.all(np.isfinite(w)):
-            raise ModelError(
-                f"weight '{wp.tensor}' has NaN or infinite values; fix the model before quantizing"
-            )
-        q, w_scale = quantize_weight(w, wp.axis)
-        q_name, s_name = names(f"{wp.tensor}_quantized"), names(f"{wp.tensor}_scale")
-        z_name, dq_out = names(f"{wp.tensor}_zero_point"), names(f"{wp.tensor}_DequantizeLinear_Output")
-        consts.append(numpy_helper.from_array(q, q_name))
-        consts.append(numpy_helper.from_array(w_scale, s_name))
-        consts.append(numpy_helper.from_array(np.zeros(w_scale.shape, dtype=np.int8), z_name))
-        dq = helper.make_node(
-            "DequantizeLinear",
-            [q_name, s_name, z_name],
-            [dq_out],
-            name=names(f"{wp.tensor}_DequantizeLinear"),
-        )
-        if wp.axis is not None:
-            dq.attribute.append(helper.make_attribute("axis", wp.axis))
-        body.append(dq)
-        copy.input[slot] = dq_out
+        wd = weight_dequant(wp.tensor, numpy_helper.to_array(inits[wp.tensor]), wp.axis, names)
+        consts.extend(wd.initializers)
+        body.append(wd.node)
+        copy.input[slot] = wd.output
     outs = []
     for i, o in enumerate(node.output):
         new = names(f"{o}_int8")
