@@ -444,6 +444,18 @@ def weight_dequant(tensor: str, w: np.ndarray, axis: int | None, names: NameAllo
     return WeightDequant(inits, dq, dq_out, w_scale)
 
 
+def _drop_unused_initializers(g: onnx.GraphProto) -> None:
+    """Remove initializers nothing reads any more (the float weights replaced by INT8 ones)."""
+    used: set[str] = {v.name for v in g.output}
+    for graph in iter_graphs(g):
+        for n in graph.node:
+            used.update(n.input)
+    keep = [t for t in g.initializer if t.name in used]
+    if len(keep) != len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(keep)
+
+
 def _activation_scale(amax: float) -> np.ndarray:
     return np.array(np.float32(amax / 127.0), dtype=np.float32)
 
@@ -540,15 +552,7 @@ def _insert_tensorrt(model: onnx.ModelProto, plan: QdqPlan) -> onnx.ModelProto:
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
 
-    # Float weights no longer read by anything go away.
-    used: set[str] = {v.name for v in g.output}
-    for graph in iter_graphs(g):
-        for n in graph.node:
-            used.update(n.input)
-    keep = [t for t in g.initializer if t.name in used]
-    if len(keep) != len(g.initializer):
-        del g.initializer[:]
-        g.initializer.extend(keep)
+    _drop_unused_initializers(g)
     return infer_shapes(out)
 
 
@@ -761,14 +765,7 @@ def _insert_onnxruntime(
     del g.node[:]
     g.node.extend(nodes)
     g.initializer.extend(new_inits)
-    used: set[str] = {v.name for v in g.output}
-    for graph in iter_graphs(g):
-        for n in graph.node:
-            used.update(n.input)
-    keep = [t for t in g.initializer if t.name in used]
-    if len(keep) != len(g.initializer):
-        del g.initializer[:]
-        g.initializer.extend(keep)
+    _drop_unused_initializers(g)
     del g.value_info[:]  # renamed producers: let shape inference describe the new tensors
     return infer_shapes(out)
 
