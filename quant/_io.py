@@ -318,3 +318,30 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
     if not os.access(p, os.W_OK):
         raise OutputError(f"output directory '{p}' is not writable; choose a writable location")
     return p
+
+
+def check_schema_header(
+    doc: object,
+    *,
+    schema: str,
+    max_version: int,
+    label: str,
+    kind: str,
+    fix: str,
+    error: type[Exception],
+) -> int:
+    """Validate the ``schema`` / ``schema_version`` header of a JSON document quant wrote.
+
+    ``label`` names the file in messages (e.g. ``sidecar 'x.cache.json'``), ``kind`` what it should
+    be (``quant calibration sidecar``), ``fix`` what to do about a bad version. Returns the version.
+    """
+    if not isinstance(doc, dict) or doc.get("schema") != schema:
+        raise error(f"{label} is not a {kind} (no schema '{schema}'); rename or delete it")
+    version = doc.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise error(f"{label} has no valid schema_version; {fix}")
+    if version > max_version:
+        raise error(
+            f"{label} has schema_version {version}, newer than this quant understands ({max_version}); upgrade quant"
+        )
+    return version

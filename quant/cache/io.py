@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from quant._io import atomic_write, commit_together
+from quant._io import atomic_write, check_schema_header, commit_together
 from quant.cache.detect import parse_cache_bytes
 from quant.cache.trt import (
     DEFAULT_TRT_VERSION,
@@ -236,19 +236,10 @@ def _load_sidecar(
             f"sidecar '{side}' is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg}); "
             f"delete it or recalibrate"
         ) from exc
-    if not isinstance(doc, dict) or doc.get("schema") != SIDECAR_SCHEMA:
-        raise CacheError(
-            f"sidecar '{side}' is not a quant calibration sidecar (no schema '{SIDECAR_SCHEMA}'); "
-            f"rename or delete it"
-        )
-    version = doc.get("schema_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CacheError(f"sidecar '{side}' has no valid schema_version; delete it or recalibrate")
-    if version > SIDECAR_SCHEMA_VERSION:
-        raise CacheError(
-            f"sidecar '{side}' has schema_version {version}, newer than this quant understands "
-            f"({SIDECAR_SCHEMA_VERSION}); upgrade quant"
-        )
+    check_schema_header(
+        doc, schema=SIDECAR_SCHEMA, max_version=SIDECAR_SCHEMA_VERSION, label=f"sidecar '{side}'",
+        kind="quant calibration sidecar", fix="delete it or recalibrate", error=CacheError,
+    )
     if doc.get("cache_sha256") != _sha256(data):
         raise CacheError(
             f"sidecar '{side.name}' does not match cache '{cache.name}' (cache edited after "

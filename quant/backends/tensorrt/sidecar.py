@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant._io import atomic_write
+from quant._io import atomic_write, check_schema_header
 from quant.errors import ModelError
 
 ENGINE_SIDECAR_SCHEMA = "quant.engine-sidecar"
@@ -84,19 +84,11 @@ class EngineSidecar:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "engine sidecar") -> EngineSidecar:
-        if not isinstance(d, Mapping) or d.get("schema") != ENGINE_SIDECAR_SCHEMA:
-            raise ModelError(
-                f"'{source}' is not a quant engine sidecar (no schema '{ENGINE_SIDECAR_SCHEMA}'); "
-                f"rename or delete it"
-            )
-        version = d.get("schema_version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ModelError(f"'{source}' has no valid schema_version; rebuild the engine")
-        if version > ENGINE_SIDECAR_VERSION:
-            raise ModelError(
-                f"'{source}' has schema_version {version}, newer than this quant understands "
-                f"({ENGINE_SIDECAR_VERSION}); upgrade quant"
-            )
+        check_schema_header(
+            dict(d) if isinstance(d, Mapping) else d, schema=ENGINE_SIDECAR_SCHEMA,
+            max_version=ENGINE_SIDECAR_VERSION, label=f"'{source}'", kind="quant engine sidecar",
+            fix="rebuild the engine", error=ModelError,
+        )
         try:
             return cls(
                 trt_version=str(d["trt_version"]),
