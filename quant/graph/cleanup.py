@@ -89,14 +89,15 @@ _WEIGHT_PASS_THROUGH = frozenset(
 _BN_HOSTS = frozenset({"Conv", "ConvTranspose", "Gemm"})
 
 
-def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a cleaned copy of ``model`` (see the module docstring); ``model`` is not modified.
+def cleanup(model: onnx.ModelProto, *, in_place: bool = False) -> onnx.ModelProto:
+    """Return a cleaned copy of ``model`` (see the module docstring); ``model`` is not modified
+    unless ``in_place`` (for a caller that drops it afterwards: saves a copy of the weights).
 
     Steps, in order: initializers listed as graph inputs become plain initializers; constant
     folding; Identity / inference Dropout removal; BatchNormalization folding into a preceding
     Conv / ConvTranspose / Gemm; dead node and initializer removal; shape inference.
     """
-    out = copy_model(model)
+    out = model if in_place else copy_model(model)
     g = out.graph
     _initializers_out_of_inputs(out)
     opset = default_opset(out) or onnx.defs.onnx_opset_version()
@@ -106,6 +107,11 @@ def cleanup(model: onnx.ModelProto) -> onnx.ModelProto:
     dead_nodes, dead_inits = _remove_dead(g)
     _prune_value_info(g)
     out = infer_shapes(out)
+    # Rewriting initializers in place leaves the replaced ones behind: protobuf (upb) frees a
+    # message's memory only with its whole arena. A copy holds only what is reachable; for a
+    # ResNet-50 this drops ~190 MB (the weights before BatchNorm folding) that would otherwise stay
+    # allocated through calibration. Costs ~0.1 s per 100 MB.
+    out = copy_model(out)
     log.info(
         "cleanup: %d nodes folded to constants, %d Identity/Dropout removed, %d BatchNormalization "
         "folded, %d dead nodes and %d unused initializers removed",
