@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from quant.calibrators.stats import (
     TensorStats,
     _Scratch,
     check_num_bins,
+    histogram_kernel,
 )
 from quant.errors import CalibrationError, DataError, UsageError
 
@@ -147,16 +148,19 @@ def collect_statistics(
     plan = _plan(model, names)
     specs = input_specs(model)
     graph_inputs = {s.name for s in specs}
-    accumulators: dict[str, StatsAccumulator | SignedStatsAccumulator] = {
-        t: SignedStatsAccumulator(t, num_bins) if t in plan.signed else StatsAccumulator(t, num_bins)
-        for t in plan.fetch
-    }
-    scratch = _Scratch()
+    workers, intra = _worker_layout(threads)
+
+    def accumulators() -> dict[str, StatsAccumulator | SignedStatsAccumulator]:
+        return {
+            t: SignedStatsAccumulator(t, num_bins) if t in plan.signed else StatsAccumulator(t, num_bins)
+            for t in plan.fetch
+        }
+
+    shares = [accumulators() for _ in range(workers)]
     from_graph = [t for t in plan.fetch if t not in graph_inputs]
     from_feed = [t for t in plan.fetch if t in graph_inputs]
-    seen = 0
     with (
-        _StagedRunner(model, from_graph, batch_size=batch_size, threads=threads, name=display) as runner,
+        _StagedRunner(model, from_graph, batch_size=batch_size, threads=intra, name=display) as runner,
         tqdm(
             total=len(dataset),
             unit="sample",
@@ -166,94 +170,145 @@ def collect_statistics(
             leave=False,
         ) as bar,
     ):
-        reducer = _Reducer(accumulators, scratch, overlap=_OVERLAP)
-        try:
-            for index, batch in enumerate(dataset.batches(batch_size)):
-                check_feed(batch.feed, specs, model=display)
-                if from_feed:
-                    reducer.submit({t: batch.feed[t] for t in from_feed}, index)
-                for outputs in runner.run(batch.feed):
-                    reducer.submit(outputs, index)
-                size = batch.size
-                seen += size
-                bar.update(size)
-            reducer.wait()
-        finally:
-            reducer.close()
+
+        def reduce(acc: Mapping[str, Any], batch: Any, index: int, scratch: _Scratch) -> None:
+            check_feed(batch.feed, specs, model=display)
+            for t in from_feed:
+                acc[t].update(batch.feed[t], batch_index=index, scratch=scratch)
+            for outputs in runner.run(batch.feed):
+                for t, value in outputs.items():
+                    acc[t].update(value.numpy(), batch_index=index, scratch=scratch)
+
+        seen = _run_workers(iter(dataset.batches(batch_size)), shares, reduce, bar)
     if seen == 0:
         raise DataError(
             f"dataset '{dataset.summary().source}' gave no samples; calibration needs at least one "
             "(check the data path, its contents and --max-samples)"
         )
+    accumulated = shares[0]
+    for share in shares[1:]:  # exact: histograms over power-of-two ranges merge bit for bit
+        for t, acc in share.items():
+            accumulated[t].absorb(acc)  # type: ignore[arg-type]
     stats: dict[str, TensorStats] = {}
     for t in names:
         base, relu = plan.derived.get(t, (t, False))
-        acc = accumulators[base]
+        acc = accumulated[base]
         stats[t] = acc.relu_snapshot() if relu and isinstance(acc, SignedStatsAccumulator) else acc.snapshot()
     logger.info(
-        "collected statistics of %d tensors (%d reduced, %d derived) over %d samples",
+        "collected statistics of %d tensors (%d reduced, %d derived) over %d samples "
+        "(%d workers x %d ORT threads, %s histogram kernel)",
         len(names),
         len(plan.fetch),
         len(plan.derived),
         seen,
+        workers,
+        intra,
+        histogram_kernel(),
     )
     return StatsCollector.from_stats(stats, num_bins), seen
 
 
 # Run-time choices for the calibration sessions (module constants so the benchmark can compare).
-_OVERLAP = True  # reduce on a worker thread while ORT computes the next stage
 _ARENA: bool | str = "shared"  # "shared": one ORT arena for all stage sessions; True: one each
 _SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
-_OPTIMIZATION = "extended"
+_OPTIMIZATION = "all"
+#: At most this many calibration workers; more CPUs go to ORT's intra-op threads of each.
+_MAX_WORKERS = 4
 
 
-class _Reducer:
-    """Reduces fetched tensors into their accumulators, optionally on a worker thread.
+def _worker_layout(threads: int | None) -> tuple[int, int]:
+    """(workers, ORT intra-op threads per worker) for ``threads`` CPUs in all (None: the CPUs this
+    process may use).
 
-    With ``overlap`` the reduction of one stage's outputs runs while ONNX Runtime computes the next
-    stage (ORT releases the GIL; NumPy's ufuncs do too), at most one stage behind: ``submit``
-    first waits for the previous stage. The caller keeps each stage's outputs alive until then
-    (they are referenced by the pending job). Errors (NaN activations) surface at the next
-    ``submit`` or ``wait``.
+    Calibration runs whole batches on separate workers, each through every stage with its own
+    ORT threads, and reduces on the same worker. On 2 CPUs, two single-threaded workers beat one
+    worker with 2 ORT threads plus a reducer thread: each of ORT's parallel loops waits for its
+    slowest thread, so a reducer that takes a core from ORT stalls the whole loop, while
+    independent workers never wait for each other (ResNet-50 on 2 EPYC cores: 55 vs 67 ms per
+    sample; docs/PERFORMANCE.md). Each worker holds one stage's activations, so memory grows with
+    the worker count; hence the cap.
     """
+    from quant.backends.onnxruntime import default_threads
 
-    def __init__(
-        self,
-        accumulators: Mapping[str, StatsAccumulator | SignedStatsAccumulator],
-        scratch: _Scratch,
-        *,
-        overlap: bool,
-    ) -> None:
-        from concurrent.futures import Future, ThreadPoolExecutor
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"--threads must be a positive integer (got {threads!r})")
+    total = default_threads() if threads is None else threads
+    workers = max(1, min(total, _MAX_WORKERS))
+    return workers, max(1, total // workers)
 
-        self._acc = accumulators
-        self._scratch = scratch
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="quant-reduce") if overlap else None
-        self._pending: Future[None] | None = None
 
-    def _reduce(self, outputs: Mapping[str, Any], index: int) -> None:
-        for t, value in outputs.items():
-            array = value if isinstance(value, np.ndarray) else value.numpy()
-            self._acc[t].update(array, batch_index=index, scratch=self._scratch)
+def _run_workers(
+    batches: Iterator[Any],
+    shares: Sequence[Mapping[str, Any]],
+    reduce: Any,
+    bar: Any,
+) -> int:
+    """Run ``reduce(share, batch, index, scratch)`` over ``batches``, one worker per share; returns
+    the number of samples.
 
-    def submit(self, outputs: Mapping[str, Any], index: int) -> None:
-        if self._pool is None:
-            self._reduce(outputs, index)
-            return
-        self.wait()
-        self._pending = self._pool.submit(self._reduce, outputs, index)
+    Workers take the next batch under a lock (the dataset's iterator is not thread-safe), so batch
+    indices are the data order. The calling thread is worker 0 (one worker: no thread at all). On
+    an error a worker stops taking batches, the others finish the batch they have, and the error of
+    the lowest batch index is raised: the same one a single worker would have raised, whatever the
+    timing. Ctrl-C reaches the calling thread and stops the others the same way.
+    """
+    import threading
 
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[tuple[int, int, BaseException]] = []
+    state = {"next": 0, "seen": 0}
 
-    def close(self) -> None:
-        if self._pool is not None:
-            if self._pending is not None:
-                self._pending.cancel()
-                self._pending = None
-            self._pool.shutdown(wait=True)
+    def take() -> tuple[int, Any] | None:
+        with lock:
+            if stop.is_set():
+                return None
+            index = state["next"]
+            state["next"] = index + 1
+            try:
+                return index, next(batches)
+            except StopIteration:
+                return None
+            except BaseException as exc:
+                errors.append((index, 0, exc))
+                stop.set()
+                return None
+
+    def work(k: int) -> None:
+        scratch = _Scratch()
+        index = -1
+        try:
+            while (item := take()) is not None:
+                index, batch = item
+                reduce(shares[k], batch, index, scratch)
+                with lock:
+                    state["seen"] += batch.size
+                    bar.update(batch.size)
+        except BaseException as exc:
+            with lock:
+                errors.append((index, k, exc))
+                stop.set()
+
+    threads = [
+        threading.Thread(target=work, args=(k,), name=f"quant-calibrate-{k}", daemon=True)
+        for k in range(1, len(shares))
+    ]
+    for t in threads:
+        t.start()
+    interrupted: BaseException | None = None
+    work(0)  # records its own errors, Ctrl-C included
+    stop.set()  # worker 0 is done: no batches left, or it failed; the others finish theirs
+    for t in threads:
+        while t.is_alive():  # never leave a worker inside a session that is about to close
+            try:
+                t.join()
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+    if errors:
+        raise min(errors, key=lambda e: (e[0], e[1]))[2]
+    return state["seen"]
 
 
 class _StagedRunner:
@@ -291,6 +346,9 @@ class _StagedRunner:
         except BaseException:
             self.close()
             raise
+        from quant._memory import release_free_memory
+
+        release_free_memory()  # what ORT freed after parsing the stage models (see quant/_memory.py)
 
     def run(self, feed: Mapping[str, np.ndarray]) -> Iterator[dict[str, Any]]:
         """Run every stage on one batch; yields each stage's fetched tensors (name -> OrtValue)."""
@@ -315,6 +373,12 @@ class _StagedRunner:
         self.close()
 
 
+def _resolve_fingerprint(fingerprint: str | Callable[[], str] | None, dataset: Dataset) -> str:
+    if fingerprint is None:
+        return dataset.fingerprint()
+    return fingerprint if isinstance(fingerprint, str) else fingerprint()
+
+
 def calibrate(
     model: onnx.ModelProto,
     dataset: Dataset,
@@ -322,7 +386,7 @@ def calibrate(
     config: CalibConfig,
     *,
     model_fingerprint: Mapping[str, str] | str,
-    data_fingerprint: str | None = None,
+    data_fingerprint: str | Callable[[], str] | None = None,
     scope: str = "all",
     batch_size: int = 8,
     progress: bool = False,
@@ -333,7 +397,8 @@ def calibrate(
 
     Returns the result (ranges, "no range" tensors, provenance) and the collector, whose
     statistics can be merged with other shards or used with another method later.
-    ``data_fingerprint`` defaults to ``dataset.fingerprint()``; ``scope`` ("all" | "qdq") records
+    ``data_fingerprint`` defaults to ``dataset.fingerprint()``; a callable is called once the
+    statistics are collected (the caller may hash the data meanwhile); ``scope`` ("all" | "qdq") records
     which tensors were calibrated.
     """
     if scope not in TENSOR_SCOPES:
@@ -355,7 +420,7 @@ def calibrate(
         params=config.params(),
         num_samples=num_samples,
         model_fingerprint=model_fingerprint,
-        data_fingerprint=data_fingerprint if data_fingerprint is not None else dataset.fingerprint(),
+        data_fingerprint=_resolve_fingerprint(data_fingerprint, dataset),
         tensors_scope=scope,
     )
     logger.info(

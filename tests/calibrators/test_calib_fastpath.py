@@ -32,7 +32,7 @@ from quant.calibrators.stats import (
     pow2_ceil,
 )
 from quant.calibrators.streaming import plan_stages, stage_model, tensor_bytes
-from quant.errors import CalibrationError
+from quant.errors import CalibrationError, UsageError
 from quant.graph.cleanup import cleanup
 from quant.graph.qdq import calibration_tensors
 from tests.models import conv_bn_relu_cnn, random_feed, residual_block, run_model, transformer_block
@@ -317,27 +317,54 @@ def test_staged_and_single_session_statistics_are_identical(monkeypatch: pytest.
     assert staged.stats() == single.stats()
 
 
-def test_overlapped_reduction_equals_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("threads", [2, 3, 4])
+def test_workers_give_the_statistics_of_one_worker(threads: int) -> None:
+    """Several workers (batches on separate threads, per-worker accumulators merged at the end)
+    give bit for bit what one worker gives: merging power-of-two histograms is exact."""
     model = conv_relu_conv()
     data = _images(11)
     names = ["x", "conv1_out", "relu_out", "y"]
-    monkeypatch.setattr(calibrate_mod, "_OVERLAP", True)
-    threaded, n1 = calibrate_mod.collect_statistics(model, data, names, batch_size=3)
-    monkeypatch.setattr(calibrate_mod, "_OVERLAP", False)
-    inline, n2 = calibrate_mod.collect_statistics(model, data, names, batch_size=3)
-    assert n1 == n2 == 11 and threaded.stats() == inline.stats()
+    assert calibrate_mod._worker_layout(threads)[0] == threads
+    several, n1 = calibrate_mod.collect_statistics(model, data, names, batch_size=2, threads=threads)
+    one, n2 = calibrate_mod.collect_statistics(model, data, names, batch_size=2, threads=1)
+    assert n1 == n2 == 11 and several.stats() == one.stats()
 
 
-@pytest.mark.parametrize("overlap", [True, False])
-def test_nan_during_overlapped_reduction_names_tensor_and_batch(
-    overlap: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(calibrate_mod, "_OVERLAP", overlap)
-    x = np.ones((8, 6), np.float32)
+def test_worker_layout() -> None:
+    assert calibrate_mod._worker_layout(1) == (1, 1)
+    assert calibrate_mod._worker_layout(2) == (2, 1)
+    assert calibrate_mod._worker_layout(16) == (calibrate_mod._MAX_WORKERS, 16 // calibrate_mod._MAX_WORKERS)
+    with pytest.raises(UsageError, match="--threads"):
+        calibrate_mod._worker_layout(0)
+
+
+@pytest.mark.parametrize("cls", [StatsAccumulator, SignedStatsAccumulator])
+def test_absorb_equals_one_accumulator_over_all_batches(cls: type) -> None:
+    rng = np.random.default_rng(7)
+    batches = [rng.standard_normal(500).astype(np.float32) * s for s in (0.1, 4.0, 1.0, 2.0**3, 0.5)]
+    batches.append(np.array([8.0, -16.0, 0.0], np.float32))  # values at range edges
+    whole = cls("t", 256)
+    for b in batches:
+        whole.update(b)
+    a, b_ = cls("t", 256), cls("t", 256)
+    for i, b in enumerate(batches):
+        (a if i % 2 else b_).update(b)
+    a.absorb(b_)
+    assert a.snapshot() == whole.snapshot()
+    assert (a.count, a.min, a.max, a.absmax, a.batches) == (whole.count, whole.min, whole.max, whole.absmax, 6)
+    if cls is SignedStatsAccumulator:
+        assert a.relu_snapshot() == whole.relu_snapshot()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_nan_with_workers_names_the_first_bad_batch(threads: int) -> None:
+    """Whatever the timing of the workers, the error is the one of the lowest batch index."""
+    x = np.ones((16, 6), np.float32)
     x[5, 1] = np.nan  # batch 2 with batch_size 2
+    x[13, 0] = np.inf  # batch 6
     model, _ = matmul_model()
     with pytest.raises(CalibrationError, match="tensor 'mm_out' has NaN values in calibration batch 2"):
-        calibrate_mod.collect_statistics(model, ArrayDataset({"x": x}), ["mm_out"], batch_size=2)
+        calibrate_mod.collect_statistics(model, ArrayDataset({"x": x}), ["mm_out"], batch_size=2, threads=threads)
 
 
 def test_infer_values_is_a_zero_copy_view_of_infer() -> None:
