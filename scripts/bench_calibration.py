@@ -111,7 +111,10 @@ def _child_quant(spec: dict[str, Any]) -> dict[str, Any]:
     )
     options = CalibrationOptions(method=spec["method"], scope=spec["scope"])
     outcome = api.calibrate(spec["model"], data, cache=spec["cache"], options=options, force=True)
+    from quant.calibrators.stats import histogram_kernel
+
     return {
+        "kernel": histogram_kernel(),
         "samples": outcome.result.num_samples,
         "tensors": len(outcome.result.amax),
         "action": outcome.action,
@@ -319,6 +322,14 @@ def bench_model(name: str, args: argparse.Namespace, work: Path, run: Runner) ->
                 runs.setdefault(key, []).append(
                     run("quant", {**base, "n": n, "method": method, "scope": scope, "cache": cache})
                 )
+                if args.numpy_kernel and scope == args.scopes[0] and method == args.methods[0]:
+                    # the fallback where no C compiler built the kernel, measured in the same run
+                    runs.setdefault(f"{key}/numpy", []).append(
+                        run(
+                            "quant",
+                            {**base, "n": n, "method": method, "scope": scope, "cache": cache, "kernel": "numpy"},
+                        )
+                    )
     fwd = _median_of(runs["forward"], "wall_s")
     out["forward_s"] = fwd
     out["forward_rss_mb"] = _median_of(runs["forward"], "peak_rss_mb")
@@ -326,7 +337,9 @@ def bench_model(name: str, args: argparse.Namespace, work: Path, run: Runner) ->
     for k, v in runs.items():
         if k.startswith("quant/"):
             wall = _median_of(v, "wall_s")
+            kernels = sorted({r.get("kernel", "?") for r in v if "error" not in r})
             out["quant"][k] = {
+                "kernel": ",".join(kernels),
                 "wall_s": wall,
                 "ratio": None if fwd is None or wall is None else wall / fwd,
                 "peak_rss_mb": _median_of(v, "peak_rss_mb"),
@@ -447,12 +460,13 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
         for key, q in m["quant"].items():
             if q["wall_s"] is None:
                 continue
-            _, method, scope = key.split("/")
+            _, method, scope, *_rest = key.split("/")
             rows.append(
                 [
                     m["model"],
                     method,
                     scope,
+                    q.get("kernel", "?"),
                     m["samples"],
                     f"{fwd:.2f}" if fwd else "n/a",
                     f"{q['wall_s']:.2f}" if q["wall_s"] else "n/a",
@@ -472,6 +486,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                 "model",
                 "method",
                 "scope",
+                "histogram kernel",
                 "samples",
                 "forward s",
                 "quant s",
@@ -580,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
         kind, spec = argv[1], json.loads(argv[2])
+        if spec.get("kernel") == "numpy":  # before quant is imported: quant/calibrators/stats.py
+            os.environ["QUANT_NATIVE"] = "0"
         if len(argv) > 4 and argv[3] == "--pin":
             os.sched_setaffinity(0, {int(c) for c in argv[4].split(",")})
         print(json.dumps(_child(kind, spec)))
@@ -602,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ort-methods", default="entropy,minmax")
     p.add_argument("--parts", default="time,rss,amax,ort,jpeg", help="which measurements (default: all)")
     p.add_argument("--cores", type=int, default=None, help="pin every measurement to this many CPUs")
+    p.add_argument(
+        "--no-numpy-kernel",
+        dest="numpy_kernel",
+        action="store_false",
+        help="skip the extra quant run with the NumPy histogram path (QUANT_NATIVE=0)",
+    )
     p.add_argument(
         "--workdir", type=Path, default=None, help="keep models and data here (default: a temp dir)"
     )

@@ -304,6 +304,9 @@ def _run_workers(
                 t.join()
             except KeyboardInterrupt as exc:
                 interrupted = exc
+    close = getattr(batches, "close", None)
+    if close is not None:  # a generator stopped early: let the loader stop its decoding threads now
+        close()
     if interrupted is not None:
         raise interrupted
     if errors:
