@@ -306,3 +306,23 @@ def test_identity_read_inside_a_subgraph_is_rewired() -> None:
     assert "Identity" not in _ops(clean)
     onnx.checker.check_model(clean, full_check=True)
     _assert_same_outputs(model, clean, random_feed(model))
+
+
+def test_in_place_cleanup_gives_the_same_model_as_a_copying_one() -> None:
+    """prepare_model cleans the model it loaded in place (saving a copy of the weights); the result
+    must be what the copying clean-up gives, in a separate object (the compact copy)."""
+    copied = cleanup(conv_bn_relu_cnn())
+    owned = conv_bn_relu_cnn()
+    in_place = cleanup(owned, in_place=True)
+    assert in_place is not owned
+    assert in_place.SerializeToString() == copied.SerializeToString()
+
+
+def test_release_free_memory_is_safe_to_call() -> None:
+    import sys
+
+    from quant._memory import release_free_memory
+
+    assert release_free_memory() in (True, False)
+    if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
+        assert release_free_memory() is True  # glibc
