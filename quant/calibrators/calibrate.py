@@ -2,8 +2,9 @@
 
 The model runs in consecutive stages (:mod:`quant.calibrators.streaming`), each an ORT session
 whose outputs are the calibrated tensors it makes (plus what later stages read); all stages draw
-on one shared ORT arena. Each fetched tensor is reduced in place (a view of ORT's buffer) into its
-accumulator on a worker thread while ORT computes the next stage, and dropped. Tensors that are a
+on one shared ORT arena. Workers (one per CPU, at most ``_MAX_WORKERS``) each run whole batches
+through every stage; each fetched tensor is reduced in place (a view of ORT's buffer) into the
+worker's accumulator, and dropped; the workers' accumulators merge exactly at the end. Tensors that are a
 ReLU or a reshaping of another calibrated tensor are not fetched: their statistics are derived
 exactly. Memory therefore grows with tensors x bins plus one stage's activations, never with the
 number of samples. One pass suffices: the power-of-two histograms grow exactly (see
