@@ -365,9 +365,7 @@ def calibrate(
                     message += f"; rewrote its header for TensorRT {decode_trt_version(trt_version)}"
                 return outcome(reused, message, "reused", stats_file if stats_file.exists() else None, side)
             prefix = f"cache '{cache_path}' not reused ({'; '.join(reasons)}); "
-        stats, meta, why = None, None, None
-        if stats_file.exists():
-            stats, meta, why = _usable_stats(stats_file, prepared, data_fp.result(), manifest, tensors, config)
+        stats, meta, why = _usable_stats(stats_file, prepared, data_fp.result, manifest, tensors, config)
         if stats is not None and meta is not None:
             result = CalibrationResult.from_ranges(
                 compute_amax(stats, config),
@@ -502,19 +500,20 @@ def _can_reuse(
 def _usable_stats(
     path: Path,
     prepared: PreparedModel,
-    data_fp: str,
+    data_fp: Callable[[], str],
     manifest: Mapping[str, Any],
     tensors: Sequence[str],
     config: Any,
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
-    """The saved statistics of ``tensors`` when they fit the model and data, else (None, meta, why)."""
+    """The saved statistics of ``tensors`` when they fit the model and data, else (None, meta, why).
+    ``data_fp`` gives the data fingerprint; it is asked for only when the file exists."""
     from quant.calibrators.stats_io import load_stats
 
     if not path.exists():
         return None, None, None
     try:
         stats, meta = load_stats(path)
-        changes = _fingerprint_changes(meta, prepared, data_fp, manifest)
+        changes = _fingerprint_changes(meta, prepared, data_fp(), manifest)
     except CacheError as exc:
         return None, None, f"statistics '{path}' not used: {exc}"
     if meta.get("num_bins") != config.num_bins:

@@ -241,7 +241,7 @@ def _worker_layout(threads: int | None) -> tuple[int, int]:
 def _run_workers(
     batches: Iterator[Any],
     shares: Sequence[Mapping[str, Any]],
-    reduce: Any,
+    reduce: Callable[[Mapping[str, Any], Any, int, _Scratch], None],
     bar: Any,
 ) -> int:
     """Run ``reduce(share, batch, index, scratch)`` over ``batches``, one worker per share; returns
