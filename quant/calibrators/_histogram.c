@@ -11,16 +11,21 @@
  * bit for bit. The scale is a power of two in calibration, which makes the product exact.
  *
  * Why C: NumPy needs five passes over memory for this (abs, multiply, cast, bincount's own range
- * check and its scalar counting loop) and bincount's loop is scalar; here it is one pass. Counting
- * into LANES separate uint32 tables breaks the store-to-load dependency between equal consecutive
- * indices (ReLU outputs are mostly exact zeros: every one of them hits bin 0).
+ * check and its scalar counting loop) and bincount's loop is scalar; here it is one pass. It works
+ * in blocks of BLOCK values: first their table indices, in a loop the compiler vectorises (SSE2 is
+ * enough), then the counting. Counting into LANES separate uint32 tables breaks the store-to-load
+ * dependency between equal consecutive indices (ReLU outputs are mostly exact zeros: every one of
+ * them hits bin 0). Measured on an EPYC core (docs/PERFORMANCE.md): computing the indices apart
+ * cut the kernel from 0.74 to 0.47 ns per value; two lanes beat four, whose tables no longer fit
+ * the 32 KiB L1 cache with 2048 bins (signed histograms: 0.69 -> 0.45 ns), and lose nothing on
+ * data that is all in one bin.
  *
  * Contract: the caller has checked the chunk (stats.py does, with the chunk's min and max, before
  * it picks the scale): finite values whose index lies inside the table. Checking every element
  * again here cost 40 % of the kernel's time, so the kernel only guarantees memory safety: each
  * index is clamped into the table in the float domain (NaN to the top), so a broken contract gives
  * wrong counts, never a write outside the table or an undefined float-to-int conversion. The GIL
- * is released while counting, so the reducer thread runs next to ONNX Runtime and the loader.
+ * is released while counting, so calibration workers count next to each other and ONNX Runtime.
  *
  * Built as an optional extension (setup.py): without a C compiler quant installs and uses the
  * NumPy path. Keep this file free of anything but C99 and the CPython stable calls used here.
@@ -33,7 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LANES 4
+#define LANES 2
 /* Tables up to this many counters are counted in LANES uint32 tables (at most 1 MiB of scratch);
    bigger ones (huge --num-bins) directly in the int64 table. */
 #define MAX_LANE_TABLE (1 << 16)
@@ -80,36 +85,60 @@ static inline int32_t index_of(float x, float scale, int use_abs, float lo, floa
     return (int32_t)v + offset;
 }
 
+/* Indices of n <= BLOCK values (see index_of), computed apart from the counting so that the
+   compiler vectorises them (abs, multiply, clamp and truncate are lane-wise SSE2 operations). */
+static void block_indices(const float *x, Py_ssize_t n, float scale, int use_abs, float lo, float hi,
+                          int32_t offset, int32_t *idx) {
+    if (use_abs) {
+        for (Py_ssize_t k = 0; k < n; k++) {
+            idx[k] = index_of(x[k], scale, 1, lo, hi, offset);
+        }
+    } else {
+        for (Py_ssize_t k = 0; k < n; k++) {
+            idx[k] = index_of(x[k], scale, 0, lo, hi, offset);
+        }
+    }
+}
+
+#define BLOCK 256
+
 /* Add the counts of n values to `counts` (len entries). Runs without the GIL. */
 static void count_into(const float *x, Py_ssize_t n, float scale, int32_t offset, int use_abs,
                        int64_t *counts, Py_ssize_t len) {
     const float lo = -(float)offset;
     const float hi = (float)(len - 1 - offset);
-    Py_ssize_t i = 0;
+    int32_t idx[BLOCK];
 
     if (len <= MAX_LANE_TABLE && n <= MAX_LANE_ELEMS) {
         uint32_t *lanes = (uint32_t *)calloc((size_t)LANES * (size_t)len, sizeof(uint32_t));
         if (lanes != NULL) {
-            uint32_t *l0 = lanes, *l1 = lanes + len, *l2 = lanes + 2 * len, *l3 = lanes + 3 * len;
-            for (; i + LANES <= n; i += LANES) {
-                l0[index_of(x[i], scale, use_abs, lo, hi, offset)]++;
-                l1[index_of(x[i + 1], scale, use_abs, lo, hi, offset)]++;
-                l2[index_of(x[i + 2], scale, use_abs, lo, hi, offset)]++;
-                l3[index_of(x[i + 3], scale, use_abs, lo, hi, offset)]++;
-            }
-            for (; i < n; i++) {
-                l0[index_of(x[i], scale, use_abs, lo, hi, offset)]++;
+            uint32_t *l0 = lanes, *l1 = lanes + len;
+            for (Py_ssize_t start = 0; start < n; start += BLOCK) {
+                const Py_ssize_t m = n - start < BLOCK ? n - start : BLOCK;
+                Py_ssize_t k = 0;
+                block_indices(x + start, m, scale, use_abs, lo, hi, offset, idx);
+                for (; k + LANES <= m; k += LANES) {
+                    l0[idx[k]]++;
+                    l1[idx[k + 1]]++;
+                }
+                for (; k < m; k++) {
+                    l0[idx[k]]++;
+                }
             }
             for (Py_ssize_t j = 0; j < len; j++) {
-                counts[j] += (int64_t)l0[j] + (int64_t)l1[j] + (int64_t)l2[j] + (int64_t)l3[j];
+                counts[j] += (int64_t)l0[j] + (int64_t)l1[j];
             }
             free(lanes);
             return;
         }
     }
     /* Big tables (huge --num-bins), or no memory for the lanes: count directly. */
-    for (; i < n; i++) {
-        counts[index_of(x[i], scale, use_abs, lo, hi, offset)]++;
+    for (Py_ssize_t start = 0; start < n; start += BLOCK) {
+        const Py_ssize_t m = n - start < BLOCK ? n - start : BLOCK;
+        block_indices(x + start, m, scale, use_abs, lo, hi, offset, idx);
+        for (Py_ssize_t k = 0; k < m; k++) {
+            counts[idx[k]]++;
+        }
     }
 }
 
