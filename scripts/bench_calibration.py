@@ -8,7 +8,9 @@ in its own subprocess (so that each peak RSS is that measurement's alone):
 - ``forward``: a plain FP32 ONNX Runtime session over the same samples (same .npz loader, same
   batch size, default session options), session creation included;
 - ``quant``: ``quant.api.calibrate`` (what ``quant calibrate`` runs: load, clean-up, fingerprint,
-  statistics, amax, cache + sidecar + statistics files) per method and scope;
+  statistics, amax, cache + sidecar + statistics files) per method and scope, plus, for the
+  first method and scope, the same run with the NumPy histogram path (where no C compiler built
+  the kernel) and the same run fetching NCHW tensors instead of ORT's blocked ones;
 - ``amax``: amax of every tensor with all four methods from the statistics file quant wrote;
 - ``jpeg``: ``quant.api.calibrate`` from a JPEG folder and from the same samples, decoded once
   and preloaded in an .npz;
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sys
@@ -102,9 +105,28 @@ def _child_forward(spec: dict[str, Any]) -> dict[str, Any]:
     return {"samples": seen}
 
 
+class _LayoutLog(logging.Handler):
+    """Records the activation layout calibration reports in its summary log line."""
+
+    layout = "?"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg.startswith("collected statistics") and record.args:
+            self.layout = str(record.args[-1])  # type: ignore[index]
+
+
 def _child_quant(spec: dict[str, Any]) -> dict[str, Any]:
+    import importlib
+
     from quant import api
     from quant.config import CalibrationOptions, DataOptions
+
+    calibrate_module = importlib.import_module("quant.calibrators.calibrate")
+    if spec.get("layout") == "plain":  # the NCHW path, for the side-by-side comparison
+        calibrate_module._BLOCKED = False
+    log = _LayoutLog()
+    calibrate_module.logger.addHandler(log)
+    calibrate_module.logger.setLevel(logging.INFO)
 
     data = DataOptions(
         spec["data"], batch_size=spec["batch"], max_samples=spec["n"], preprocess=spec.get("preprocess")
@@ -115,6 +137,7 @@ def _child_quant(spec: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "kernel": histogram_kernel(),
+        "layout": log.layout.split(":")[0],
         "samples": outcome.result.num_samples,
         "tensors": len(outcome.result.amax),
         "action": outcome.action,
@@ -322,6 +345,14 @@ def bench_model(name: str, args: argparse.Namespace, work: Path, run: Runner) ->
                 runs.setdefault(key, []).append(
                     run("quant", {**base, "n": n, "method": method, "scope": scope, "cache": cache})
                 )
+                if args.plain_layout and scope == args.scopes[0] and method == args.methods[0]:
+                    # without ORT's blocked tensors (quant/calibrators/blocked.py), in the same run
+                    runs.setdefault(f"{key}/plain", []).append(
+                        run(
+                            "quant",
+                            {**base, "n": n, "method": method, "scope": scope, "cache": cache, "layout": "plain"},
+                        )
+                    )
                 if args.numpy_kernel and scope == args.scopes[0] and method == args.methods[0]:
                     # the fallback where no C compiler built the kernel, measured in the same run
                     runs.setdefault(f"{key}/numpy", []).append(
@@ -338,8 +369,10 @@ def bench_model(name: str, args: argparse.Namespace, work: Path, run: Runner) ->
         if k.startswith("quant/"):
             wall = _median_of(v, "wall_s")
             kernels = sorted({r.get("kernel", "?") for r in v if "error" not in r})
+            layouts = sorted({r.get("layout", "?") for r in v if "error" not in r})
             out["quant"][k] = {
                 "kernel": ",".join(kernels),
+                "layout": ",".join(layouts),
                 "wall_s": wall,
                 "ratio": None if fwd is None or wall is None else wall / fwd,
                 "peak_rss_mb": _median_of(v, "peak_rss_mb"),
@@ -467,6 +500,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                     method,
                     scope,
                     q.get("kernel", "?"),
+                    q.get("layout", "?"),
                     m["samples"],
                     f"{fwd:.2f}" if fwd else "n/a",
                     f"{q['wall_s']:.2f}" if q["wall_s"] else "n/a",
@@ -487,6 +521,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                 "method",
                 "scope",
                 "histogram kernel",
+                "layout",
                 "samples",
                 "forward s",
                 "quant s",
@@ -624,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="numpy_kernel",
         action="store_false",
         help="skip the extra quant run with the NumPy histogram path (QUANT_NATIVE=0)",
+    )
+    p.add_argument(
+        "--no-plain-layout",
+        dest="plain_layout",
+        action="store_false",
+        help="skip the extra quant run that fetches NCHW tensors instead of ORT's blocked ones",
     )
     p.add_argument(
         "--workdir", type=Path, default=None, help="keep models and data here (default: a temp dir)"

@@ -271,6 +271,28 @@ def add_outputs(model: onnx.ModelProto, names: Sequence[str], *, model_name: str
     return copy
 
 
+def save_optimized(model: bytes, path: Path, *, name: str) -> None:
+    """Write ONNX Runtime's optimized form of the serialized ``model`` to ``path``: every graph
+    optimization for the CPU provider, including the layout ones (NCHWc) that depend on this
+    machine's CPU, so the file is for this machine only. The session is only built, never run
+    (weight pre-packing is off: it is thrown away at once). ModelError naming ``name`` if ORT
+    refuses the model."""
+    ort = _import_ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # also silences ORT's warning that the file is machine-specific
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.optimized_model_filepath = str(path)
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    try:
+        session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises pybind exceptions without a common base
+        logger.debug("ONNX Runtime could not optimize '%s': %s", name, exc)
+        raise ModelError(describe_session_error(exc, name)) from exc
+    del session
+
+
 def _display_name(model: object) -> str:
     if isinstance(model, (str, Path)):
         return str(model)

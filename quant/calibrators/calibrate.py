@@ -34,11 +34,13 @@ from quant.calibrators.stats import (
     check_num_bins,
     histogram_kernel,
 )
-from quant.errors import CalibrationError, DataError, UsageError
+from quant.errors import CalibrationError, DataError, ModelError, UsageError
 
 if TYPE_CHECKING:
     import onnx
 
+    from quant.backends.onnxruntime import OrtRunner
+    from quant.calibrators.streaming import Stage
     from quant.datasets.base import Dataset
 
 logger = logging.getLogger(__name__)
@@ -181,6 +183,7 @@ def collect_statistics(
                     acc[t].update(value.numpy(), batch_index=index, scratch=scratch)
 
         seen = _run_workers(iter(dataset.batches(batch_size)), shares, reduce, bar)
+        layout = runner.layout
     if seen == 0:
         raise DataError(
             f"dataset '{dataset.summary().source}' gave no samples; calibration needs at least one "
@@ -197,7 +200,7 @@ def collect_statistics(
         stats[t] = acc.relu_snapshot() if relu and isinstance(acc, SignedStatsAccumulator) else acc.snapshot()
     logger.info(
         "collected statistics of %d tensors (%d reduced, %d derived) over %d samples "
-        "(%d workers x %d ORT threads, %s histogram kernel)",
+        "(%d workers x %d ORT threads, %s histogram kernel, %s layout)",
         len(names),
         len(plan.fetch),
         len(plan.derived),
@@ -205,6 +208,7 @@ def collect_statistics(
         workers,
         intra,
         histogram_kernel(),
+        layout,
     )
     return StatsCollector.from_stats(stats, num_bins), seen
 
@@ -213,6 +217,8 @@ def collect_statistics(
 _ARENA: bool | str = "shared"  # "shared": one ORT arena for all stage sessions; True: one each
 _SESSION_CONFIG: dict[str, str] = {"session.intra_op.allow_spinning": "0"}
 _OPTIMIZATION = "all"
+#: Fetch ORT's blocked (NCHWc) tensors where it makes them (see quant/calibrators/blocked.py).
+_BLOCKED = True
 #: At most this many calibration workers; more CPUs go to ORT's intra-op threads of each.
 _MAX_WORKERS = 4
 
@@ -316,7 +322,13 @@ def _run_workers(
 
 
 class _StagedRunner:
-    """The model's stages as ORT sessions (see :mod:`quant.calibrators.streaming`)."""
+    """The model's stages as ORT sessions (see :mod:`quant.calibrators.streaming`).
+
+    Where ORT runs convolutions in its blocked layout, the stages are cut from ORT's optimized
+    graph and the calibrated tensors are fetched in that layout (see
+    :mod:`quant.calibrators.blocked`): the same values without a reorder copy each. ``layout``
+    says which ("blocked: N of M tensors" or "plain"); the statistics are the same either way.
+    """
 
     def __init__(
         self,
@@ -328,15 +340,51 @@ class _StagedRunner:
         name: str,
         max_bytes: int | None = None,
     ) -> None:
-        from quant.backends.onnxruntime import OrtRunner
-        from quant.calibrators.streaming import DEFAULT_STAGE_BYTES, plan_stages, stage_model
+        from quant.calibrators.blocked import blocked_graph
+        from quant.calibrators.streaming import DEFAULT_STAGE_BYTES, plan_stages
 
         budget = DEFAULT_STAGE_BYTES if max_bytes is None else max_bytes
-        self._stages = plan_stages(model, fetch, batch_size=batch_size, max_bytes=budget) if fetch else []
+        self._stages: list[Stage] = []
         self._runners: list[OrtRunner] = []
+        self._names: dict[str, tuple[str, ...]] = {}  # fetched tensor -> calibrated tensors it holds
+        self._channels: Mapping[str, int] = {}
+        self.layout = "plain"
+        blocked = blocked_graph(model, fetch, batch_size=batch_size, name=name) if _BLOCKED and fetch else None
+        if blocked is not None:
+            sources = list(dict.fromkeys(blocked.fetch.values()))
+            stages = plan_stages(
+                blocked.model, sources, batch_size=batch_size, max_bytes=budget, sizes=blocked.sizes
+            )
+            # One stage where the original graph needs several: a type the cut needs is unknown.
+            if len(stages) > 1 or len(plan_stages(model, fetch, batch_size=batch_size, max_bytes=budget)) == 1:
+                try:
+                    self._open(blocked.model, stages, threads, name, "none")  # ORT optimized it already
+                except ModelError as exc:
+                    logger.debug("calibration: ORT refused the blocked stages of '%s' (%s)", name, exc)
+                    self.close()
+                else:
+                    for t, src in blocked.fetch.items():
+                        self._names[src] = (*self._names.get(src, ()), t)
+                    self._channels = blocked.channels
+                    self.layout = f"blocked: {blocked.bypassed} of {len(fetch)} tensors"
+            del blocked
+        if not self._runners and fetch:
+            stages = plan_stages(model, fetch, batch_size=batch_size, max_bytes=budget)
+            self._open(model, stages, threads, name, _OPTIMIZATION)
+        from quant._memory import release_free_memory
+
+        release_free_memory()  # what ORT freed after parsing the stage models (see quant/_memory.py)
+
+    def _open(
+        self, model: onnx.ModelProto, stages: list[Stage], threads: int | None, name: str, optimization: str
+    ) -> None:
+        from quant.backends.onnxruntime import OrtRunner
+        from quant.calibrators.streaming import stage_model
+
+        self._stages = stages
         try:
-            for i, stage in enumerate(self._stages):
-                label = name if len(self._stages) == 1 else f"{name} (stage {i + 1} of {len(self._stages)})"
+            for i, stage in enumerate(stages):
+                label = name if len(stages) == 1 else f"{name} (stage {i + 1} of {len(stages)})"
                 self._runners.append(
                     OrtRunner(
                         stage_model(model, stage),
@@ -344,24 +392,34 @@ class _StagedRunner:
                         name=label,
                         memory_arena=_ARENA,
                         session_config=_SESSION_CONFIG,
-                        optimization=_OPTIMIZATION,
+                        optimization=optimization,
                     )
                 )
         except BaseException:
             self.close()
             raise
-        from quant._memory import release_free_memory
-
-        release_free_memory()  # what ORT freed after parsing the stage models (see quant/_memory.py)
 
     def run(self, feed: Mapping[str, np.ndarray]) -> Iterator[dict[str, Any]]:
-        """Run every stage on one batch; yields each stage's fetched tensors (name -> OrtValue)."""
+        """Run every stage on one batch; yields each stage's fetched tensors (calibrated tensor
+        name -> OrtValue)."""
         values: dict[str, Any] = dict(feed)
         for stage, runner in zip(self._stages, self._runners, strict=True):
             out = runner.infer_values({t: values[t] for t in stage.inputs}, stage.outputs)
-            yield {t: out[t] for t in stage.reduce}
+            fetched: dict[str, Any] = {}
+            for t in stage.reduce:
+                channels = self._channels.get(t)
+                if channels is not None:
+                    shape = out[t].shape()
+                    if len(shape) < 2 or shape[1] != channels:  # padding channels would skew the statistics
+                        raise CalibrationError(
+                            f"ONNX Runtime's blocked tensor '{t}' has shape {shape}, not {channels} "
+                            "channels; this is a bug in quant, please report it"
+                        )
+                for name in self._names.get(t, (t,)):
+                    fetched[name] = out[t]
+            yield fetched
             values.update(out)
-            del out
+            del out, fetched
             for t in stage.release:
                 values.pop(t, None)
 

@@ -14,7 +14,7 @@ Pure graph code: ModelProto in, stage ModelProtos out. Running them is calibrate
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +112,7 @@ def plan_stages(
     *,
     batch_size: int,
     max_bytes: int | None = DEFAULT_STAGE_BYTES,
+    sizes: Mapping[str, int] | None = None,
 ) -> list[Stage]:
     """Cut ``model`` into stages that together compute every tensor in ``fetch``.
 
@@ -119,7 +120,8 @@ def plan_stages(
     would take its fetched bytes past ``max_bytes`` (None: one stage). Graph inputs in ``fetch``
     are not produced by any stage (the caller has them in the feed). Every stage input and output
     must have a known element type (from value_info: run shape inference first); otherwise one
-    stage is returned, which needs no intermediate types.
+    stage is returned, which needs no intermediate types. ``sizes`` gives the bytes per batch of
+    tensors whose value_info has no shape (default: from the model's value_info only).
     """
     g = model.graph
     inits = {t.name for t in g.initializer}
@@ -146,12 +148,14 @@ def plan_stages(
     if not order:
         return []
 
-    sizes = tensor_bytes(model, batch_size)
+    known = tensor_bytes(model, batch_size)
+    if sizes is not None:
+        known.update(sizes)
     fetch_set = set(wanted)
     groups: list[list[int]] = [[]]
     used = 0
     for idx in order:
-        add = sum(sizes.get(o, 0) for o in g.node[idx].output if o in fetch_set)
+        add = sum(known.get(o, 0) for o in g.node[idx].output if o in fetch_set)
         if max_bytes is not None and groups[-1] and used + add > max_bytes:
             groups.append([])
             used = 0

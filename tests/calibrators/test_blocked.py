@@ -1,0 +1,140 @@
+"""Calibration from ORT's blocked (NCHWc) tensors against calibration from NCHW tensors.
+
+A histogram, a minimum and a maximum do not depend on the order of the values, so both paths must
+give the same statistics bit for bit; the blocked path must be taken where ORT uses NCHWc (x86
+with AVX2 or AVX-512), and left where it cannot be (padding channels, no Conv, ORT refusing).
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from calib_fixtures import ArrayDataset
+
+from quant.calibrators import blocked as blocked_mod
+from quant.calibrators.blocked import blocked_graph
+from quant.errors import CalibrationError, ModelError
+from quant.graph.cleanup import cleanup
+from quant.graph.qdq import calibration_tensors
+from tests.models import residual_block, transformer_block
+
+calibrate_mod = importlib.import_module("quant.calibrators.calibrate")
+
+
+def _nchwc_cpu() -> bool:
+    """ORT's CPU kernels use NCHWc on x86 with AVX2 or AVX-512."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags or " avx512f" in flags
+
+
+needs_nchwc = pytest.mark.skipif(not _nchwc_cpu(), reason="ORT uses the NCHWc layout only on x86 with AVX2")
+
+
+def _model(channels: int) -> onnx.ModelProto:
+    return cleanup(residual_block(channels=channels, size=8))
+
+
+def _data(n: int = 10) -> ArrayDataset:
+    x = np.random.default_rng(3).standard_normal((n, 3, 8, 8)).astype(np.float32)
+    return ArrayDataset({"input": x})
+
+
+def _fetch(model: onnx.ModelProto) -> list[str]:
+    plan = calibrate_mod._plan(model, calibration_tensors(model, "all"))
+    return [t for t in plan.fetch if t != "input"]
+
+
+@pytest.mark.parametrize("channels", [16, 24])
+@pytest.mark.parametrize("budget", [64 * 2**10, 2**40])  # a stage every few nodes; one stage
+def test_blocked_and_plain_statistics_are_identical(
+    monkeypatch: pytest.MonkeyPatch, channels: int, budget: int
+) -> None:
+    model = _model(channels)
+    tensors = calibration_tensors(model, "all")
+    monkeypatch.setattr("quant.calibrators.streaming.DEFAULT_STAGE_BYTES", budget)
+    monkeypatch.setattr(calibrate_mod, "_BLOCKED", True)
+    blocked, n1 = calibrate_mod.collect_statistics(model, _data(), tensors, batch_size=4)
+    monkeypatch.setattr(calibrate_mod, "_BLOCKED", False)
+    plain, n2 = calibrate_mod.collect_statistics(model, _data(), tensors, batch_size=4)
+    assert n1 == n2 == 10
+    assert blocked.stats() == plain.stats()
+
+
+@needs_nchwc
+def test_blocked_layout_is_used_where_ort_reorders(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model(16)
+    fetch = _fetch(model)
+    graph = blocked_graph(model, fetch, batch_size=4, name="m")
+    assert graph is not None and graph.bypassed >= 3  # the three Conv outputs and the Add, at least
+    assert set(graph.fetch) == set(fetch)
+    for t, src in graph.fetch.items():
+        if src != t:
+            assert graph.channels[src] == 16 and graph.sizes[src] == 4 * 16 * 8 * 8 * 4
+    # cut into several stages: blocked tensors cross stage boundaries, and the budget sees their size
+    with calibrate_mod._StagedRunner(model, fetch, batch_size=4, threads=1, name="m", max_bytes=2 * 4096 * 4) as runner:
+        assert runner.layout.startswith("blocked") and len(runner._stages) > 1
+        feed = {"input": np.zeros((4, 3, 8, 8), np.float32)}
+        names = [t for out in runner.run(feed) for t in out]
+    assert sorted(names) == sorted(fetch)
+
+
+@needs_nchwc
+def test_padded_channels_are_not_taken_blocked() -> None:
+    """24 channels are padded to 32 with AVX-512's block of 16: those tensors stay reordered."""
+    model = _model(24)
+    assert blocked_graph(model, _fetch(model), batch_size=4, name="m") is None
+
+
+@needs_nchwc
+def test_a_padded_blocked_tensor_is_caught_at_run_time() -> None:
+    model = _model(16)
+    with calibrate_mod._StagedRunner(model, _fetch(model), batch_size=4, threads=1, name="m") as runner:
+        runner._channels = {t: c + 1 for t, c in runner._channels.items()}
+        with pytest.raises(CalibrationError, match="blocked tensor .* bug in quant"):
+            for _ in runner.run({"input": np.zeros((4, 3, 8, 8), np.float32)}):
+                pass
+
+
+def test_models_without_conv_are_not_optimized(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("no ORT optimization pass for a model without Conv")
+
+    monkeypatch.setattr("quant.backends.onnxruntime.save_optimized", refuse)
+    model = cleanup(transformer_block())
+    assert blocked_graph(model, _fetch(model), batch_size=2, name="m") is None
+
+
+def test_ort_refusing_the_optimization_falls_back_to_the_plain_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ModelError("model 'm': ORT says no")
+
+    monkeypatch.setattr("quant.backends.onnxruntime.save_optimized", refuse)
+    monkeypatch.setattr(blocked_mod, "_worth_trying", lambda model: True)
+    model = _model(16)
+    fetch = _fetch(model)
+    assert blocked_graph(model, fetch, batch_size=4, name="m") is None
+    with calibrate_mod._StagedRunner(model, fetch, batch_size=4, threads=1, name="m") as runner:
+        assert runner.layout == "plain"
+        out = [t for o in runner.run({"input": np.zeros((4, 3, 8, 8), np.float32)}) for t in o]
+    assert sorted(out) == sorted(fetch)
+
+
+def test_extra_outputs_are_appended_without_touching_the_model() -> None:
+    model = _model(16)
+    before = model.SerializeToString()
+    merged = onnx.load_from_string(blocked_mod._with_outputs(model, ["stem_out", "output"]))
+    assert model.SerializeToString() == before
+    names = [o.name for o in merged.graph.output]
+    assert names == ["output", "stem_out"]  # an existing output is not added twice
+    assert merged.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert len(merged.graph.node) == len(model.graph.node) and merged.graph.name == model.graph.name
