@@ -271,10 +271,20 @@ def add_outputs(model: onnx.ModelProto, names: Sequence[str], *, model_name: str
     return copy
 
 
-def save_optimized(model: bytes, path: Path, *, name: str) -> None:
+def save_optimized(
+    model: bytes,
+    path: Path,
+    *,
+    name: str,
+    initializers: Mapping[str, np.ndarray] | None = None,
+    external_weights: str | None = None,
+) -> None:
     """Write ONNX Runtime's optimized form of the serialized ``model`` to ``path``: every graph
     optimization for the CPU provider, including the layout ones (NCHWc) that depend on this
-    machine's CPU, so the file is for this machine only. The session is only built, never run
+    machine's CPU, so the file is for this machine only. ``initializers`` replace the model's
+    initializers of those names that are stubs with external data (ORT copies them in before it
+    optimizes). ``external_weights``: a file name next to ``path`` where ORT writes the initializers
+    of 1 KiB or more (external data), instead of inline. The session is only built, never run
     (weight pre-packing is off: it is thrown away at once). ModelError naming ``name`` if ORT
     refuses the model."""
     ort = _import_ort()
@@ -285,6 +295,13 @@ def save_optimized(model: bytes, path: Path, *, name: str) -> None:
     options.inter_op_num_threads = 1
     options.optimized_model_filepath = str(path)
     options.add_session_config_entry("session.disable_prepacking", "1")
+    if external_weights is not None:
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", external_weights)
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    if initializers:
+        names = list(initializers)
+        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names]
+        options.add_external_initializers(names, values)
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises pybind exceptions without a common base
@@ -313,7 +330,9 @@ class OrtRunner:
     session configuration entries (e.g. ``{"session.intra_op.allow_spinning": "0"}``);
     ``memory_arena=False`` lets freed activations go back to the system allocator instead of a
     per-session arena; ``"shared"`` draws from one arena that all sessions created so share
-    (several sessions alive at once then hold one peak, not one each). Session
+    (several sessions alive at once then hold one peak, not one each). ``initializers`` give the
+    values of initializers that the model holds as stubs with external data (ORT copies them in;
+    calibration's stages get their weights this way, see quant/calibrators/blocked.py). Session
     creation failures become ModelError with a one-line cause.
     """
 
@@ -328,6 +347,7 @@ class OrtRunner:
         name: str | None = None,
         session_config: Mapping[str, str] | None = None,
         memory_arena: bool | str = True,
+        initializers: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         if optimization not in OPTIMIZATION_LEVELS:
             raise UsageError(
@@ -366,6 +386,11 @@ class OrtRunner:
             options.enable_cpu_mem_arena = bool(memory_arena)
         for key, value in (session_config or {}).items():
             options.add_session_config_entry(str(key), str(value))
+        if initializers:
+            names = list(initializers)
+            options.add_external_initializers(
+                names, [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names]
+            )
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
         try:

@@ -31,9 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from quant.calibrators.streaming import tensor_bytes
 from quant.errors import ModelError
@@ -61,6 +62,10 @@ _SAME_TYPE_OPS = frozenset(
 class BlockedGraph:
     """ORT's optimized graph of a model, and where each calibrated tensor's values are in it.
 
+    ``model`` holds the large weights as stubs with external data; ``weights`` has their values
+    (read-only arrays over the file ORT wrote, mapped into memory): hand them to each stage's
+    session as external initializers (ORT copies them in), which is 5x faster than serialising
+    the weights into every stage model for ORT to parse again.
     ``fetch``: calibrated tensor -> tensor of ``model`` holding its values (itself, or the blocked
     input of the ``ReorderOutput`` that made it). ``channels``: each blocked tensor fetched ->
     its channel count (its dimension 1 must equal it: no padding). ``sizes``: bytes per batch of
@@ -68,6 +73,7 @@ class BlockedGraph:
     """
 
     model: onnx.ModelProto
+    weights: Mapping[str, np.ndarray]
     fetch: Mapping[str, str]
     channels: Mapping[str, int]
     sizes: Mapping[str, int]
@@ -85,23 +91,75 @@ def _worth_trying(model: onnx.ModelProto) -> bool:
     return any(n.op_type == "Conv" and n.domain in ("", "ai.onnx") for n in model.graph.node)
 
 
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
-    """``model`` serialised with ``names`` added as graph outputs, without copying the proto:
-    protobuf merges a message that is concatenated to another (repeated fields append), so the
-    serialised model followed by a model holding just the extra outputs parses as one model
-    with both. Raises ValueError for a model of 2 GiB or more."""
-    g = model.graph
-    present = {o.name for o in g.output}
-    types = {vi.name: vi.type for vi in (*g.input, *g.value_info, *g.output)}
-    extra = onnx.ModelProto()
-    for name in names:
+# Weights handed to ORT's optimization pass as arrays rather than inside the serialised model: float
+# and 8-bit tensors of at least this many bytes (small and integer tensors, e.g. Reshape's shape,
+# stay in the graph, where ORT's shape inference can read them).
+_EXTERNAL_MIN_BYTES = 1024
+_EXTERNAL_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+)
+
+
+def _optimization_input(model: onnx.ModelProto, names: Sequence[str]) -> tuple[bytes, dict[str, np.ndarray]]:
+    """What ORT's optimization pass reads: ``model`` with ``names`` added as graph outputs,
+    serialised without its large weights, and those weights as arrays (ORT's external
+    initializers). Serialising a 100 MB model and ORT parsing it again cost 0.2-0.25 s for
+    ResNet-50; this shell takes 0.02 s, and ORT copies the arrays straight into its graph."""
+    src = model.graph
+    shell = onnx.ModelProto()
+    shell.ir_version = model.ir_version
+    shell.opset_import.extend(model.opset_import)
+    shell.functions.extend(model.functions)
+    g = shell.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.input.extend(src.input)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    g.sparse_initializer.extend(src.sparse_initializer)
+    present = {o.name for o in src.output}
+    types = {vi.name: vi.type for vi in (*src.input, *src.value_info, *src.output)}
+    for name in dict.fromkeys(names):
         if name in present:
             continue
-        vi = extra.graph.output.add()
+        vi = g.output.add()
         vi.name = name
         if name in types:
             vi.type.CopyFrom(types[name])
-    return model.SerializeToString() + extra.SerializeToString()
+    weights: dict[str, np.ndarray] = {}
+    for t in src.initializer:
+        size = int(np.prod(t.dims, dtype=np.int64)) * _elem_size(t.data_type) if t.dims else 0
+        if t.data_type in _EXTERNAL_TYPES and t.HasField("raw_data") and size >= _EXTERNAL_MIN_BYTES:
+            stub = g.initializer.add()  # name, type and shape; ORT replaces it with the array
+            stub.name = t.name
+            stub.data_type = t.data_type
+            stub.dims.extend(t.dims)
+            stub.data_location = onnx.TensorProto.EXTERNAL
+            location = stub.external_data.add()
+            location.key = "location"
+            location.value = "quant-external-initializers"  # never read: ORT gets the arrays
+            weights[t.name] = numpy_helper.to_array(t)
+        else:
+            g.initializer.append(t)
+    return shell.SerializeToString(), weights
+
+
+def _elem_size(elem_type: int) -> int:
+    try:
+        return int(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+def _topological(graph: onnx.GraphProto) -> bool:
+    """Whether every node reads only graph inputs, initializers and earlier nodes' outputs (names
+    from outer scopes aside: ORT's optimized graph is checked before it is cut into stages)."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    for node in graph.node:
+        if any(i not in known for i in node.input):
+            return False
+        known.update(node.output)
+    return True
 
 
 def _fill_types(model: onnx.ModelProto) -> None:
@@ -125,6 +183,32 @@ def _fill_types(model: onnx.ModelProto) -> None:
                 g.value_info.append(helper.make_tensor_value_info(o, source, None))
 
 
+_WEIGHTS_FILE = "weights.bin"
+
+
+def _map_weights(graph: onnx.GraphProto, path: Path) -> dict[str, np.ndarray]:
+    """The values of the graph's initializers that ORT wrote to ``path`` (external data), as
+    read-only arrays over the file mapped into memory (read into memory where files cannot be
+    deleted while mapped). ValueError if an entry does not fit the file."""
+    import os
+
+    if not path.exists():
+        return {}
+    data = np.memmap(path, dtype=np.uint8, mode="r") if os.name == "posix" else np.fromfile(path, dtype=np.uint8)
+    arrays: dict[str, np.ndarray] = {}
+    for t in graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+        offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+        count = int(np.prod(t.dims, dtype=np.int64))
+        if info.get("location") != path.name or length != count * dtype.itemsize or offset + length > data.size:
+            raise ValueError(f"initializer '{t.name}' does not fit ORT's weights file")
+        arrays[t.name] = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(tuple(t.dims))
+    return arrays
+
+
 def _channels(node: onnx.NodeProto) -> int:
     for a in node.attribute:
         if a.name == "channels":
@@ -140,21 +224,23 @@ def blocked_graph(
     then cuts ``model`` itself). ``fetch`` holds tensors made by nodes (not graph inputs)."""
     if not fetch or not _worth_trying(model):
         return None
-    try:
-        data = _with_outputs(model, fetch)
-    except ValueError:  # 2 GiB or more: protobuf cannot serialise it, nor can ORT save its graph
-        return None
+    original = tensor_bytes(model, batch_size)
+    data, weights = _optimization_input(model, fetch)
     with tempfile.TemporaryDirectory(prefix="quant-ort-") as tmp:
         path = Path(tmp) / "optimized.onnx"
         try:
             from quant.backends.onnxruntime import save_optimized
 
-            save_optimized(data, path, name=name)
-            del data
-            optimized = onnx.load(str(path))
+            save_optimized(data, path, name=name, initializers=weights, external_weights=_WEIGHTS_FILE)
+            del data, weights
+            optimized = onnx.load(str(path), load_external_data=False)
+            stored = _map_weights(optimized.graph, Path(tmp) / _WEIGHTS_FILE)
         except (ModelError, OSError, ValueError, DecodeError) as exc:
             logger.debug("calibration: no blocked graph for '%s' (%s)", name, exc)
             return None
+    if not _topological(optimized.graph):
+        logger.debug("calibration: ORT's optimized graph of '%s' is not in topological order", name)
+        return None
     wanted = set(fetch)
     source = {t: t for t in fetch}
     channels: dict[str, int] = {}
@@ -169,6 +255,5 @@ def blocked_graph(
     if not channels:
         return None
     _fill_types(optimized)
-    original = tensor_bytes(model, batch_size)
     sizes = {source[t]: original[t] for t in fetch if t in original}
-    return BlockedGraph(optimized, source, channels, sizes)
+    return BlockedGraph(optimized, stored, source, channels, sizes)

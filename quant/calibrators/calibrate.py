@@ -358,7 +358,8 @@ class _StagedRunner:
             # One stage where the original graph needs several: a type the cut needs is unknown.
             if len(stages) > 1 or len(plan_stages(model, fetch, batch_size=batch_size, max_bytes=budget)) == 1:
                 try:
-                    self._open(blocked.model, stages, threads, name, "none")  # ORT optimized it already
+                    # ORT optimized the graph already; the weights go to the sessions as arrays
+                    self._open(blocked.model, stages, threads, name, "none", blocked.weights)
                 except ModelError as exc:
                     logger.debug("calibration: ORT refused the blocked stages of '%s' (%s)", name, exc)
                     self.close()
@@ -376,7 +377,13 @@ class _StagedRunner:
         release_free_memory()  # what ORT freed after parsing the stage models (see quant/_memory.py)
 
     def _open(
-        self, model: onnx.ModelProto, stages: list[Stage], threads: int | None, name: str, optimization: str
+        self,
+        model: onnx.ModelProto,
+        stages: list[Stage],
+        threads: int | None,
+        name: str,
+        optimization: str,
+        weights: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         from quant.backends.onnxruntime import OrtRunner
         from quant.calibrators.streaming import stage_model
@@ -385,14 +392,17 @@ class _StagedRunner:
         try:
             for i, stage in enumerate(stages):
                 label = name if len(stages) == 1 else f"{name} (stage {i + 1} of {len(stages)})"
+                proto = stage_model(model, stage)
+                used = {t.name: weights[t.name] for t in proto.graph.initializer if t.name in weights} if weights else None
                 self._runners.append(
                     OrtRunner(
-                        stage_model(model, stage),
+                        proto,
                         threads=threads,
                         name=label,
                         memory_arena=_ARENA,
                         session_config=_SESSION_CONFIG,
                         optimization=optimization,
+                        initializers=used,
                     )
                 )
         except BaseException:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from calib_fixtures import ArrayDataset
+from onnx import numpy_helper
 
 from quant.calibrators import blocked as blocked_mod
 from quant.calibrators.blocked import blocked_graph
@@ -129,12 +130,52 @@ def test_ort_refusing_the_optimization_falls_back_to_the_plain_layout(monkeypatc
     assert sorted(out) == sorted(fetch)
 
 
-def test_extra_outputs_are_appended_without_touching_the_model() -> None:
+def test_optimization_input_carries_outputs_and_weights_apart() -> None:
+    """ORT's optimization pass gets the graph with the calibrated tensors as outputs and the large
+    weights as arrays (stubs with external data in the graph); the model itself is untouched."""
     model = _model(16)
     before = model.SerializeToString()
-    merged = onnx.load_from_string(blocked_mod._with_outputs(model, ["stem_out", "output"]))
+    data, weights = blocked_mod._optimization_input(model, ["stem_out", "output"])
     assert model.SerializeToString() == before
-    names = [o.name for o in merged.graph.output]
-    assert names == ["output", "stem_out"]  # an existing output is not added twice
-    assert merged.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert len(merged.graph.node) == len(model.graph.node) and merged.graph.name == model.graph.name
+    shell = onnx.load_from_string(data)
+    assert [o.name for o in shell.graph.output] == ["output", "stem_out"]  # no output twice
+    assert shell.graph.output[1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert len(shell.graph.node) == len(model.graph.node) and shell.graph.name == model.graph.name
+    original = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert set(weights) and set(weights) < set(original)
+    for t in shell.graph.initializer:
+        if t.name in weights:
+            assert t.data_location == onnx.TensorProto.EXTERNAL and not t.HasField("raw_data")
+            np.testing.assert_array_equal(weights[t.name], original[t.name])
+            assert weights[t.name].nbytes >= blocked_mod._EXTERNAL_MIN_BYTES
+        else:  # small tensors stay in the graph
+            np.testing.assert_array_equal(numpy_helper.to_array(t), original[t.name])
+    assert len(shell.graph.initializer) == len(model.graph.initializer)
+    assert len(data) < len(before) // 4
+
+
+def test_an_optimized_graph_out_of_order_is_not_used() -> None:
+    model = _model(16)
+    assert blocked_mod._topological(model.graph)
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(nodes))
+    assert not blocked_mod._topological(model.graph)
+
+
+def test_weights_that_do_not_fit_orts_file_are_refused(tmp_path: Path) -> None:
+    """A stub whose external data lies outside the file ORT wrote is an error (and calibration
+    then cuts the original graph), never a read past the mapped file."""
+    path = tmp_path / "weights.bin"
+    np.arange(6, dtype=np.float32).tofile(path)
+    graph = onnx.GraphProto()
+    stub = graph.initializer.add()
+    stub.name, stub.data_type, stub.data_location = "w", onnx.TensorProto.FLOAT, onnx.TensorProto.EXTERNAL
+    stub.dims.extend([2, 3])
+    for key, value in (("location", "weights.bin"), ("offset", "0"), ("length", "24")):
+        entry = stub.external_data.add()
+        entry.key, entry.value = key, value
+    np.testing.assert_array_equal(blocked_mod._map_weights(graph, path)["w"], np.arange(6).reshape(2, 3))
+    stub.external_data[1].value = "8"  # 8 + 24 bytes > the file's 24
+    with pytest.raises(ValueError, match="'w' does not fit"):
+        blocked_mod._map_weights(graph, path)
