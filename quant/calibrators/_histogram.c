@@ -19,7 +19,7 @@
  * lane count depends on the CPU: on the Intel Xeon of docs/PERFORMANCE.md 2 / 4 / 8 lanes take
  * 0.96 / 0.80 / 0.70 ns per value spread over many bins and 1.8 / 1.4 / 0.7 ns for values all in
  * one bin; on the AMD EPYC, whose 32 KiB L1 cache four tables of 2049 counters overflow, 0.47 /
- * 0.58 / 0.84 and 0.47 / 0.47 / 0.48. Four lanes are the compromise: whole calibrations of
+ * 0.58 / 0.84 and 0.47 / 0.43-0.55 / 0.48. Four lanes are the compromise: whole calibrations of
  * ResNet-50 took 1.72 -> 1.60x the forward pass on the Xeon and 1.35 -> 1.32x on the EPYC
  * against two lanes.
  *
