@@ -19,7 +19,9 @@ in its own subprocess (so that each peak RSS is that measurement's alone):
   (its histogram calibrators keep every activation of every sample: ~16 GB for ResNet-50 at 128).
 
 Times are medians over ``--repeat`` interleaved repetitions; every figure in the summary is a
-ratio of two measurements of this run. ``--cores N`` pins every subprocess to N CPUs, so a big
+ratio of two measurements of this run. The calibration table also pairs each quant run with the
+forward pass of its own repetition (median and range of those ratios), which a machine whose speed
+drifts between repetitions affects less. ``--cores N`` pins every subprocess to N CPUs, so a big
 machine can stand in for the 2-core target; every ONNX Runtime session (the plain forward pass,
 quant's, and those of ``quantize_static``) gets as many intra-op threads as the process has CPUs,
 because some ORT builds size their default pool from the machine and ignore the affinity mask.
@@ -326,6 +328,12 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None or b == 0 else f"{a / b:.2f}"
 
 
+def _paired(ratios: list[float]) -> str:
+    if not ratios:
+        return "n/a"
+    return f"{bc.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 def bench_model(name: str, args: argparse.Namespace, work: Path, run: Runner) -> dict[str, Any]:
     model_path = bc.build_model(name, work)
     n = args.samples
@@ -370,11 +378,19 @@ def bench_model(name: str, args: argparse.Namespace, work: Path, run: Runner) ->
             wall = _median_of(v, "wall_s")
             kernels = sorted({r.get("kernel", "?") for r in v if "error" not in r})
             layouts = sorted({r.get("layout", "?") for r in v if "error" not in r})
+            # each repetition's quant run over the forward pass of the same repetition (run next to
+            # each other): robust to a machine whose speed drifts between repetitions
+            paired = [
+                q["wall_s"] / f["wall_s"]
+                for q, f in zip(v, runs["forward"], strict=False)
+                if "error" not in q and "error" not in f and f["wall_s"]
+            ]
             out["quant"][k] = {
                 "kernel": ",".join(kernels),
                 "layout": ",".join(layouts),
                 "wall_s": wall,
                 "ratio": None if fwd is None or wall is None else wall / fwd,
+                "paired_ratios": paired,
                 "peak_rss_mb": _median_of(v, "peak_rss_mb"),
             }
 
@@ -505,6 +521,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                     f"{fwd:.2f}" if fwd else "n/a",
                     f"{q['wall_s']:.2f}" if q["wall_s"] else "n/a",
                     _ratio(q["wall_s"], fwd),
+                    _paired(q.get("paired_ratios", [])),
                     f"{q['peak_rss_mb']:.0f}" if q["peak_rss_mb"] else "n/a",
                     f"{m['forward_rss_mb']:.0f}" if m["forward_rss_mb"] else "n/a",
                     _ratio(q["peak_rss_mb"], m["forward_rss_mb"]),
@@ -512,7 +529,8 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
             )
     lines.append(
         "Calibration time and memory vs a plain FP32 forward pass over the same samples "
-        f"(batch {args.batch_size}; medians of {args.repeat}):"
+        f"(batch {args.batch_size}; medians of {args.repeat}; 'time ratio' is the ratio of the medians, "
+        "'per repetition' divides each quant run by the forward pass of its own repetition):"
     )
     lines.append(
         bc.format_table(
@@ -526,6 +544,7 @@ def render(results: dict[str, Any], args: argparse.Namespace) -> str:
                 "forward s",
                 "quant s",
                 "time ratio",
+                "per repetition: median (range)",
                 "quant MiB",
                 "forward MiB",
                 "RSS ratio",
