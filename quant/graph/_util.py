@@ -141,13 +141,10 @@ def constant_names(graph: onnx.GraphProto) -> set[str]:
     return consts
 
 
-def inferred_value_info(model: onnx.ModelProto) -> onnx.GraphProto | None:
-    """A graph holding the inferred value_info and outputs of ``model``, or None if inference fails.
-
-    Inference runs on a light copy in which large floating-point initializers (weights, whose
-    values never matter for shapes) are replaced by typed graph inputs, so it costs little even on
-    models of hundreds of MB and works above protobuf's 2 GB limit. ``model`` is not modified.
-    """
+def without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` without its (dense) initializers, for the caller to add them back in
+    another form: everything else of the main graph, opsets and local functions. Copying the
+    graph without the weights costs milliseconds where copying a model of hundreds of MB does not."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -159,6 +156,18 @@ def inferred_value_info(model: onnx.ModelProto) -> onnx.GraphProto | None:
     lg.output.extend(g.output)
     lg.value_info.extend(g.value_info)
     lg.sparse_initializer.extend(g.sparse_initializer)
+    return light
+
+
+def inferred_value_info(model: onnx.ModelProto) -> onnx.GraphProto | None:
+    """A graph holding the inferred value_info and outputs of ``model``, or None if inference fails.
+
+    Inference runs on a light copy in which large floating-point initializers (weights, whose
+    values never matter for shapes) are replaced by typed graph inputs, so it costs little even on
+    models of hundreds of MB and works above protobuf's 2 GB limit. ``model`` is not modified.
+    """
+    light = without_initializers(model)
+    g, lg = model.graph, light.graph
     input_names = {v.name for v in g.input}
     for t in g.initializer:
         big_float = t.data_type in _FLOAT_TYPES and _num_elements(t) > _LIGHT_MAX_ELEMENTS
