@@ -139,7 +139,7 @@ def _child_quant(spec: dict[str, Any]) -> dict[str, Any]:
 
     return {
         "kernel": histogram_kernel(),
-        "layout": log.layout.split(":")[0],
+        "layout": log.layout.split(" ")[0],
         "samples": outcome.result.num_samples,
         "tensors": len(outcome.result.amax),
         "action": outcome.action,

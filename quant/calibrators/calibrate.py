@@ -200,7 +200,7 @@ def collect_statistics(
         stats[t] = acc.relu_snapshot() if relu and isinstance(acc, SignedStatsAccumulator) else acc.snapshot()
     logger.info(
         "collected statistics of %d tensors (%d reduced, %d derived) over %d samples "
-        "(%d workers x %d ORT threads, %s histogram kernel, %s layout)",
+        "(%d workers x %d ORT threads, %s histogram kernel, layout %s)",
         len(names),
         len(plan.fetch),
         len(plan.derived),
@@ -327,7 +327,7 @@ class _StagedRunner:
     Where ORT runs convolutions in its blocked layout, the stages are cut from ORT's optimized
     graph and the calibrated tensors are fetched in that layout (see
     :mod:`quant.calibrators.blocked`): the same values without a reorder copy each. ``layout``
-    says which ("blocked: N of M tensors" or "plain"); the statistics are the same either way.
+    says which ("blocked (N of M tensors)" or "plain"); the statistics are the same either way.
     """
 
     def __init__(
@@ -367,7 +367,7 @@ class _StagedRunner:
                     for t, src in blocked.fetch.items():
                         self._names[src] = (*self._names.get(src, ()), t)
                     self._channels = blocked.channels
-                    self.layout = f"blocked: {blocked.bypassed} of {len(fetch)} tensors"
+                    self.layout = f"blocked ({blocked.bypassed} of {len(fetch)} tensors)"
             del blocked
         if not self._runners and fetch:
             stages = plan_stages(model, fetch, batch_size=batch_size, max_bytes=budget)
