@@ -327,7 +327,8 @@ class _StagedRunner:
     Where ORT runs convolutions in its blocked layout, the stages are cut from ORT's optimized
     graph and the calibrated tensors are fetched in that layout (see
     :mod:`quant.calibrators.blocked`): the same values without a reorder copy each. ``layout``
-    says which ("blocked (N of M tensors)" or "plain"); the statistics are the same either way.
+    says which ("blocked (N of M tensors)" or "plain"); the statistics agree up to float rounding
+    where ORT picks another kernel for an op (see :mod:`quant.calibrators.blocked`).
     """
 
     def __init__(
