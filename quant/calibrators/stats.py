@@ -490,6 +490,45 @@ def _absorb_extremes(
     dst.batches += src.batches
 
 
+class _BatchExtremes:
+    """Element count, signed extremes and |x| maximum of one batch, chunk by chunk; committed to
+    an accumulator only once the whole batch went through (updates are all-or-nothing)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lo: float | None = None
+        self.hi: float | None = None
+        self.absmax = 0.0
+
+    def add(self, chunk: np.ndarray, cmin: float, cmax: float, cabs: float) -> None:
+        self.count += int(chunk.shape[0])
+        self.lo = cmin if self.lo is None else min(self.lo, cmin)
+        self.hi = cmax if self.hi is None else max(self.hi, cmax)
+        self.absmax = max(self.absmax, cabs)
+
+    def commit(self, acc: StatsAccumulator | SignedStatsAccumulator) -> None:
+        acc.count += self.count
+        acc.min = _opt(min, acc.min, self.lo)
+        acc.max = _opt(max, acc.max, self.hi)
+        acc.absmax = max(acc.absmax, self.absmax)
+        acc.batches += 1
+
+
+def _checked_chunks(
+    name: str, array: np.ndarray, batch: int, extremes: _BatchExtremes
+) -> Iterator[tuple[np.ndarray, float, float, float]]:
+    """One batch of tensor ``name`` in chunks of ``_CHUNK`` elements, each with its (min, max,
+    |x| max), which are also added to ``extremes``; CalibrationError for a non-numeric dtype or
+    for NaN / inf (see :func:`_chunk_extremes`)."""
+    x = _check_dtype(name, np.asarray(array), batch)
+    flat = x.reshape(-1)  # a view for the contiguous arrays ONNX Runtime returns
+    for start in range(0, flat.shape[0], _CHUNK):
+        chunk = flat[start : start + _CHUNK]
+        cmin, cmax, cabs = _chunk_extremes(name, chunk, batch)
+        extremes.add(chunk, cmin, cmax, cabs)
+        yield chunk, cmin, cmax, cabs
+
+
 class StatsAccumulator:
     """In-place accumulator behind :class:`TensorStats` for one named tensor.
 
@@ -519,21 +558,12 @@ class StatsAccumulator:
     ) -> None:
         """Add one batch. All-or-nothing: a batch with NaN/inf raises CalibrationError and changes nothing."""
         batch = self.batches if batch_index is None else batch_index
-        x = _check_dtype(self.name, np.asarray(array), batch)
-        flat = x.reshape(-1)  # a view for the contiguous arrays ONNX Runtime returns
         bufs = scratch if scratch is not None else _Scratch()
         nb = self.num_bins
         hist_range = self.hist_range
         local = np.zeros(nb + 1, dtype=np.int64)  # this batch's counts at range hist_range
-        lo: float | None = None
-        hi: float | None = None
-        absmax = 0.0
-        for start in range(0, flat.shape[0], _CHUNK):
-            chunk = flat[start : start + _CHUNK]
-            cmin, cmax, cabs = _chunk_extremes(self.name, chunk, batch)
-            lo = cmin if lo is None else min(lo, cmin)
-            hi = cmax if hi is None else max(hi, cmax)
-            absmax = max(absmax, cabs)
+        extremes = _BatchExtremes()
+        for chunk, _cmin, _cmax, cabs in _checked_chunks(self.name, array, batch, extremes):
             if cabs == 0.0:  # all zeros: bin 0 at any range
                 local[0] += chunk.shape[0]
                 continue
@@ -545,11 +575,7 @@ class StatsAccumulator:
         # commit the whole batch at once
         self._ext = _grow_ext(self._ext, self.hist_range, hist_range) + local
         self.hist_range = hist_range
-        self.count += int(flat.shape[0])
-        self.min = _opt(min, self.min, lo)
-        self.max = _opt(max, self.max, hi)
-        self.absmax = max(self.absmax, absmax)
-        self.batches += 1
+        extremes.commit(self)
 
     def absorb(self, other: StatsAccumulator) -> None:
         """Add another accumulator's data (a calibration worker's share), exactly: as if this one
@@ -610,22 +636,13 @@ class SignedStatsAccumulator:
     ) -> None:
         """Add one batch. All-or-nothing: a batch with NaN/inf raises CalibrationError and changes nothing."""
         batch = self.batches if batch_index is None else batch_index
-        x = _check_dtype(self.name, np.asarray(array), batch)
-        flat = x.reshape(-1)
         bufs = scratch if scratch is not None else _Scratch()
         nb = self.num_bins
         pr, nr = self.pos_range, self.neg_range
         pos = np.zeros(nb + 1, dtype=np.int64)
         neg = np.zeros(nb + 1, dtype=np.int64)
-        lo: float | None = None
-        hi: float | None = None
-        absmax = 0.0
-        for start in range(0, flat.shape[0], _CHUNK):
-            chunk = flat[start : start + _CHUNK]
-            cmin, cmax, cabs = _chunk_extremes(self.name, chunk, batch)
-            lo = cmin if lo is None else min(lo, cmin)
-            hi = cmax if hi is None else max(hi, cmax)
-            absmax = max(absmax, cabs)
+        extremes = _BatchExtremes()
+        for chunk, cmin, cmax, _cabs in _checked_chunks(self.name, array, batch, extremes):
             need_pos = float(np.float32(cmax)) if cmax > 0 else 0.0
             need_neg = float(np.float32(-cmin)) if cmin < 0 else 0.0
             if need_pos > pr:
@@ -643,11 +660,7 @@ class SignedStatsAccumulator:
         self._pos = _grow_ext(self._pos, self.pos_range, pr) + pos
         self._neg = _grow_ext(self._neg, self.neg_range, nr) + neg
         self.pos_range, self.neg_range = pr, nr
-        self.count += int(flat.shape[0])
-        self.min = _opt(min, self.min, lo)
-        self.max = _opt(max, self.max, hi)
-        self.absmax = max(self.absmax, absmax)
-        self.batches += 1
+        extremes.commit(self)
 
     def absorb(self, other: SignedStatsAccumulator) -> None:
         """Add another accumulator's data, exactly (see :meth:`StatsAccumulator.absorb`)."""
