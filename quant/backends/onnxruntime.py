@@ -271,6 +271,15 @@ def add_outputs(model: onnx.ModelProto, names: Sequence[str], *, model_name: str
     return copy
 
 
+def _add_initializers(ort: ModuleType, options: Any, initializers: Mapping[str, np.ndarray] | None) -> None:
+    """Hand ``initializers`` to a session's options as ORT external initializers: they replace the
+    model's initializer stubs of those names (external data), and ORT copies them in."""
+    if initializers:
+        names = list(initializers)
+        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names]
+        options.add_external_initializers(names, values)
+
+
 def save_optimized(
     model: bytes,
     path: Path,
@@ -298,10 +307,7 @@ def save_optimized(
     if external_weights is not None:
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", external_weights)
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    if initializers:
-        names = list(initializers)
-        values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(initializers[n])) for n in names]
-        options.add_external_initializers(names, values)
+    _add_initializers(ort, options, initializers)
     try:
         session = ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises pybind exceptions without a common base
@@ -386,11 +392,7 @@ class OrtRunner:
             options.enable_cpu_mem_arena = bool(memory_arena)
         for key, value in (session_config or {}).items():
             options.add_session_config_entry(str(key), str(value))
-        if initializers:
-            names = list(initializers)
-            options.add_external_initializers(
-                names, [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names]
-            )
+        _add_initializers(ort, options, initializers)
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
         try:

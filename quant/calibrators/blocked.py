@@ -44,7 +44,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from quant.calibrators.streaming import tensor_bytes
+from quant.calibrators.streaming import _elem_size, tensor_bytes
 from quant.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -143,13 +143,6 @@ def _optimization_input(model: onnx.ModelProto, names: Sequence[str]) -> tuple[b
         else:
             g.initializer.append(t)
     return shell.SerializeToString(), weights
-
-
-def _elem_size(elem_type: int) -> int:
-    try:
-        return int(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize)
-    except (KeyError, TypeError, ValueError):
-        return 0
 
 
 def _topological(graph: onnx.GraphProto) -> bool:
