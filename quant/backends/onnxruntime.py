@@ -50,6 +50,17 @@ _ORT_TYPES: dict[str, str] = {
     "tensor(string)": "object",
 }
 
+# How ONNX Runtime computes a Q/DQ model (the ``int8`` argument of :class:`OrtRunner`):
+# - "exact": QuantizeLinear/DequantizeLinear stay separate nodes and the ops between them run in
+#   float (session config ``session.disable_quant_qdq=1``). Each product of two dequantized INT8
+#   values is exact in float32 and the sums round like float32: TensorRT's int32 accumulation up to
+#   float rounding, on every CPU. This is what quant runs wherever it predicts TensorRT.
+# - "fused": ORT fuses DQ -> op -> Q groups into its integer kernels (QLinearConv, MatMulInteger...),
+#   the way a deployed CPU model runs. On x86 without VNNI those multiply u8 x s8 pairs with a 16-bit
+#   saturating multiply-add, so the result depends on the CPU (docs/DESIGN.md, "INT8 arithmetic").
+INT8_ARITHMETIC = ("exact", "fused")
+EXACT_INT8_SESSION_CONFIG = {"session.disable_quant_qdq": "1"}
+
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
 
 
@@ -338,8 +349,10 @@ class OrtRunner:
     per-session arena; ``"shared"`` draws from one arena that all sessions created so share
     (several sessions alive at once then hold one peak, not one each). ``initializers`` give the
     values of initializers that the model holds as stubs with external data (ORT copies them in;
-    calibration's stages get their weights this way, see quant/calibrators/blocked.py). Session
-    creation failures become ModelError with a one-line cause.
+    calibration's stages get their weights this way, see quant/calibrators/blocked.py). ``int8``
+    chooses how Q/DQ models are computed (see :data:`INT8_ARITHMETIC`): "exact" (default:
+    TensorRT's arithmetic on every CPU) or "fused" (ORT's integer kernels, what a CPU deployment
+    runs; CPU-dependent). Session creation failures become ModelError with a one-line cause.
     """
 
     def __init__(
@@ -354,7 +367,10 @@ class OrtRunner:
         session_config: Mapping[str, str] | None = None,
         memory_arena: bool | str = True,
         initializers: Mapping[str, np.ndarray] | None = None,
+        int8: str = "exact",
     ) -> None:
+        if int8 not in INT8_ARITHMETIC:
+            raise UsageError(f"int8 arithmetic must be one of {', '.join(INT8_ARITHMETIC)} (got {int8!r})")
         if optimization not in OPTIMIZATION_LEVELS:
             raise UsageError(
                 f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)} (got {optimization!r})"
@@ -390,8 +406,11 @@ class OrtRunner:
             options.add_session_config_entry("session.use_env_allocators", "1")
         else:
             options.enable_cpu_mem_arena = bool(memory_arena)
-        for key, value in (session_config or {}).items():
+        config = dict(EXACT_INT8_SESSION_CONFIG) if int8 == "exact" else {}
+        config.update(session_config or {})
+        for key, value in config.items():
             options.add_session_config_entry(str(key), str(value))
+        self.int8 = int8
         _add_initializers(ort, options, initializers)
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
