@@ -12,11 +12,16 @@ pip install -e ".[test,qat]"
 # Type stubs of the TensorRT 10.x API for the mypy check of the TensorRT backend. The stubs
 # package declares a dependency on tensorrt itself, which is only on NVIDIA's index: --no-deps.
 pip install --no-deps "tensorrt-stubs>=10.0"
-# Debian's Chromium renders the HTML report in the report tests (headless).
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = "0" ]; then
-    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
-  else
-    sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null
-  fi
+# Debian's Chromium renders the HTML report in the report tests (headless); Debian's qemu-user
+# emulates an AVX2-only x86 CPU (qemu-x86_64 -cpu EPYC-Rome), on which ONNX Runtime takes its
+# saturating int8 kernels, so the INT8 exactness tests run that path on every x86 machine.
+apt_packages=()
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
+if [ "$(uname -m)" = "x86_64" ] && ! command -v qemu-x86_64 >/dev/null 2>&1; then
+  apt_packages+=(qemu-user)
+fi
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+  sudo_cmd=()
+  [ "$(id -u)" = "0" ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq && "${sudo_cmd[@]}" apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi

@@ -359,10 +359,20 @@ def random_feed(model: onnx.ModelProto, *, batch: int = 2, seed: int = 0) -> dic
 
 
 def run_model(
-    model: onnx.ModelProto, feed: dict[str, np.ndarray], extra_outputs: tuple[str, ...] | list[str] = ()
+    model: onnx.ModelProto,
+    feed: dict[str, np.ndarray],
+    extra_outputs: tuple[str, ...] | list[str] = (),
+    *,
+    int8: str = "exact",
 ) -> dict[str, np.ndarray]:
-    """Run ``model`` in ONNX Runtime (CPU, one thread); outputs by name, ``extra_outputs`` included."""
+    """Run ``model`` in ONNX Runtime (CPU, one thread); outputs by name, ``extra_outputs`` included.
+
+    ``int8="exact"`` (default) computes Q/DQ as float maths, TensorRT's arithmetic on every CPU;
+    ``"fused"`` lets ORT fuse them into its integer kernels, which depend on the CPU (see
+    quant/backends/cpu.py): only for the ONNX Runtime deployment form built for this CPU."""
     import onnxruntime as ort
+
+    from quant.backends.onnxruntime import EXACT_INT8_SESSION_CONFIG
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -374,6 +384,9 @@ def run_model(
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
+    if int8 == "exact":
+        for key, value in EXACT_INT8_SESSION_CONFIG.items():
+            opts.add_session_config_entry(key, value)
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feed), strict=True))

@@ -421,14 +421,29 @@ class WeightDequant:
     scale: np.ndarray
 
 
-def weight_dequant(tensor: str, w: np.ndarray, axis: int | None, names: NameAllocator) -> WeightDequant:
+WEIGHT_TYPES = ("int8", "uint8")
+
+
+def weight_dequant(
+    tensor: str, w: np.ndarray, axis: int | None, names: NameAllocator, *, weight_type: str = "int8"
+) -> WeightDequant:
     """Quantize weight ``tensor`` (values ``w``) per channel along ``axis`` and build its DQ node.
 
     Shared by every form that quantizes weights (both Q/DQ targets, the switchable sensitivity
-    model), so the INT8 weights are the same bytes everywhere."""
+    model), so the INT8 weights are the same grid everywhere. ``weight_type="uint8"`` stores the
+    same values shifted by 128 with zero point 128 (the ONNX Runtime form for x86 CPUs without
+    VNNI, whose u8 x u8 kernels do not saturate; see quant/backends/cpu.py): identical
+    dequantized weights."""
+    if weight_type not in WEIGHT_TYPES:
+        raise UsageError(f"weight type must be one of {', '.join(WEIGHT_TYPES)} (got {weight_type!r})")
     if not np.all(np.isfinite(w)):
         raise ModelError(f"weight '{tensor}' has NaN or infinite values; fix the model before quantizing")
     q, w_scale = quantize_weight(w, axis)
+    if weight_type == "uint8":
+        stored: np.ndarray = (q.astype(np.int16) + 128).astype(np.uint8)
+        zero: np.ndarray = np.full(w_scale.shape, 128, dtype=np.uint8)
+    else:
+        stored, zero = q, np.zeros(w_scale.shape, dtype=np.int8)
     q_name = names(f"{tensor}_quantized")
     s_name = names(f"{tensor}_scale")
     z_name = names(f"{tensor}_zero_point")
@@ -437,9 +452,9 @@ def weight_dequant(tensor: str, w: np.ndarray, axis: int | None, names: NameAllo
     if axis is not None:
         dq.attribute.append(helper.make_attribute("axis", axis))
     inits = (
-        numpy_helper.from_array(q, q_name),
+        numpy_helper.from_array(stored, q_name),
         numpy_helper.from_array(w_scale, s_name),
-        numpy_helper.from_array(np.zeros(w_scale.shape, dtype=np.int8), z_name),
+        numpy_helper.from_array(zero, z_name),
     )
     return WeightDequant(inits, dq, dq_out, w_scale)
 
@@ -567,7 +582,7 @@ _INT32_MAX = 2**31 - 1
 
 
 def _insert_onnxruntime(
-    model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float | None]
+    model: onnx.ModelProto, plan: QdqPlan, amax: Mapping[str, float | None], weight_type: str = "int8"
 ) -> onnx.ModelProto:
     """Write the plan in the form ONNX Runtime's CPU provider fuses into integer kernels.
 
@@ -586,7 +601,8 @@ def _insert_onnxruntime(
       (ReLU6), with scale ``hi / 255`` when TensorRT's grid would saturate beyond ``hi``. The outputs of
       quantized Gemm / MatMul / Add get a Q only when they (or their folded ReLU) are quantized
       activations of the plan anyway.
-    - Weights: int8 per channel, zero point 0, exactly as in the TensorRT form. Biases of
+    - Weights: int8 per channel, zero point 0, exactly as in the TensorRT form; or, with
+      ``weight_type="uint8"`` (x86 without VNNI), the same grid as uint8 with zero point 128. Biases of
       quantized Conv / ConvTranspose / Gemm become int32 with scale ``input scale x weight scale``
       (ORT's fusions require a dequantized int32 bias; the rounding error is below one part in
       ``2**31`` of the accumulator range).
@@ -732,7 +748,9 @@ def _insert_onnxruntime(
             continue
         slot, wp = np_.weight_slot
         if wp not in weight_dq:
-            wd = weight_dequant(wp.tensor, numpy_helper.to_array(inits[wp.tensor]), wp.axis, names)
+            wd = weight_dequant(
+                wp.tensor, numpy_helper.to_array(inits[wp.tensor]), wp.axis, names, weight_type=weight_type
+            )
             new_inits.extend(wd.initializers)
             before.setdefault(idx, []).append(wd.node)
             weight_dq[wp] = (wd.output, wd.scale)
@@ -908,7 +926,7 @@ def _quantized_bias(
 
 
 _INSERTERS = {
-    "tensorrt": lambda model, plan, amax: _insert_tensorrt(model, plan),
+    "tensorrt": lambda model, plan, amax, weight_type: _insert_tensorrt(model, plan),
     "onnxruntime": _insert_onnxruntime,
 }
 
@@ -919,20 +937,27 @@ def insert_qdq(
     *,
     target: str = "tensorrt",
     exclude: Iterable[str] = (),
+    weight_type: str = "int8",
 ) -> QdqResult:
     """Return a Q/DQ copy of ``model`` for ``target`` using activation ranges ``amax`` (tensor -> amax).
 
     Run :func:`quant.graph.cleanup.cleanup` first: only initializer weights can be quantized.
     Tensors without a usable range (missing, None, 0, non-finite) stay float, and so do their
     consumers; :attr:`QdqResult.skipped` says why for each. Models below opset 13 are converted.
+    ``weight_type`` ("int8" or "uint8", the onnxruntime target only: see
+    :func:`quant.backends.cpu.weight_type_for`) is how the INT8 weights are stored.
     """
     inserter = _INSERTERS.get(target)
     if inserter is None:
         raise UsageError(f"Q/DQ target '{target}' is unknown; choose one of: {', '.join(TARGETS)}")
+    if weight_type not in WEIGHT_TYPES or (target == "tensorrt" and weight_type != "int8"):
+        raise UsageError(
+            f"weight type {weight_type!r} is not valid for target '{target}' (TensorRT takes int8 weights only)"
+        )
     patterns = _check_exclude(exclude)
     converted = _ensure_opset(model)
     plan = plan_qdq(converted, amax, exclude=patterns)
-    out = inserter(converted, plan, amax)
+    out = inserter(converted, plan, amax, weight_type)
     counts = f"{len(plan.activations)} activations, {len(plan.weights)} weights"
     log.info("insert_qdq(%s): %s quantized, %d tensors skipped", target, counts, len(plan.skipped))
     return QdqResult(

@@ -17,6 +17,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from quant.backends.cpu import resolve_cpu, weight_type_for
+from quant.errors import UsageError
 from quant.graph.cleanup import cleanup
 from quant.graph.qdq import calibration_tensors, insert_qdq, plan_qdq, quantize_weight
 from tests.models import (
@@ -53,8 +55,15 @@ def _both(
     feed = random_feed(clean, batch=batch)
     amax = _amax(clean, feed)
     trt = insert_qdq(clean, amax).model
-    ort_form = insert_qdq(clean, amax, target="onnxruntime").model
+    ort_form = insert_qdq(clean, amax, target="onnxruntime", weight_type=HOST_WEIGHTS).model
     return trt, ort_form, feed
+
+
+# The deployment form is built for the CPU that runs it (quant build --target onnxruntime --cpu
+# auto): signed weights where ORT's integer kernels are exact (VNNI, ARM), unsigned ones on x86
+# without VNNI, whose u8 x s8 kernels saturate. Run fused, it must then match the TensorRT form
+# (computed exactly) on every CPU.
+HOST_WEIGHTS = weight_type_for(resolve_cpu("auto"))
 
 
 def optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> Counter[str]:
@@ -151,7 +160,7 @@ def test_ort_form_runs_and_matches_tensorrt_form(name: str) -> None:
     trt, ort_form, feed = _both(ALL_BUILDERS[name]())
     onnx.checker.check_model(ort_form, full_check=True)
     assert [o.name for o in ort_form.graph.output] == [o.name for o in trt.graph.output]
-    a, b = run_model(trt, feed), run_model(ort_form, feed)
+    a, b = run_model(trt, feed), run_model(ort_form, feed, int8="fused")
     for key in a:
         assert a[key].shape == b[key].shape
         assert _cosine(a[key], b[key]) > 0.999, key
@@ -161,7 +170,7 @@ def test_ort_form_runs_and_matches_tensorrt_form(name: str) -> None:
 
 def test_small_resnet_matches_tensorrt_form() -> None:
     trt, ort_form, feed = _both(small_resnet(), batch=3)
-    a, b = run_model(trt, feed)["logits"], run_model(ort_form, feed)["logits"]
+    a, b = run_model(trt, feed)["logits"], run_model(ort_form, feed, int8="fused")["logits"]
     assert _cosine(a, b) > 0.999
     assert np.array_equal(a.argmax(1), b.argmax(1)) or _cosine(a, b) > 0.9999
 
@@ -299,7 +308,7 @@ def test_clip_is_folded_with_the_grid_its_range_allows(hi: float, tmp_path: Path
     clean = cleanup(_conv_clip(hi))
     feed = random_feed(clean, batch=2)
     amax = _amax(clean, feed)
-    model = insert_qdq(clean, amax, target="onnxruntime").model
+    model = insert_qdq(clean, amax, target="onnxruntime", weight_type=HOST_WEIGHTS).model
     assert not any(n.op_type == "Clip" for n in model.graph.node)
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "c1")
     expected = (
@@ -311,7 +320,7 @@ def test_clip_is_folded_with_the_grid_its_range_allows(hi: float, tmp_path: Path
     assert optimized_ops(model, tmp_path)["QLinearConv"] == 2
     fp32 = run_model(clean, feed)["output"]
     ref = run_model(insert_qdq(clean, amax).model, feed)["output"]
-    got = run_model(model, feed)["output"]
+    got = run_model(model, feed, int8="fused")["output"]
     assert _cosine(ref, got) > 0.999 and _cosine(fp32, got) > 0.999
 
 
@@ -365,3 +374,37 @@ def test_exclusions_apply_to_both_forms(tmp_path: Path) -> None:
     assert "flat" not in res.quantized_tensors and res.skipped["flat"] == "excluded"
     ops = optimized_ops(res.model, tmp_path)
     assert ops["QGemm"] == 0 and ops["QLinearConv"] == 8
+
+
+def test_unsigned_weights_are_the_same_grid_and_still_fuse(tmp_path: Path) -> None:
+    """weight_type="uint8" (x86 without VNNI) stores q + 128 with zero point 128: the dequantized
+    weights are those of the signed form bit for bit, and ORT still fuses every Conv and Gemm."""
+    clean = cleanup(small_resnet())
+    amax = _amax(clean, random_feed(clean))
+    signed = insert_qdq(clean, amax, target="onnxruntime").model
+    unsigned = insert_qdq(clean, amax, target="onnxruntime", weight_type="uint8").model
+    by_name = {t.name: numpy_helper.to_array(t) for t in unsigned.graph.initializer}
+    checked = 0
+    for node in signed.graph.node:
+        if node.op_type != "DequantizeLinear" or not node.input[0].endswith(".w_quantized"):
+            continue
+        q8, s8, z8 = (_init(signed, i) for i in node.input)
+        qu, su, zu = (by_name[i] for i in node.input)
+        assert q8.dtype == np.int8 and qu.dtype == np.uint8 and zu.dtype == np.uint8
+        assert np.all(zu == 128) and np.all(z8 == 0)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [-1 if i == axis else 1 for i in range(q8.ndim)]
+        np.testing.assert_array_equal(
+            (qu.astype(np.int32) - 128) * su.reshape(shape), q8.astype(np.int32) * s8.reshape(shape)
+        )
+        checked += 1
+    assert checked == 9
+    ops_signed, ops_unsigned = optimized_ops(signed, tmp_path), optimized_ops(unsigned, tmp_path)
+    assert ops_unsigned["QLinearConv"] == ops_signed["QLinearConv"] == 8
+    assert ops_unsigned["QGemm"] == ops_signed["QGemm"] == 1
+
+
+def test_tensorrt_form_refuses_unsigned_weights() -> None:
+    clean = cleanup(conv_bn_relu_cnn())
+    with pytest.raises(UsageError, match="TensorRT takes int8 weights only"):
+        insert_qdq(clean, _amax(clean, random_feed(clean)), weight_type="uint8")
