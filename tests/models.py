@@ -23,6 +23,7 @@ Builders:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -36,6 +37,7 @@ __all__ = [
     "IR_VERSION",
     "OPSET",
     "conv_bn_relu_cnn",
+    "exact_int8_options",
     "identity_weights_cnn",
     "make_model",
     "mlp",
@@ -356,6 +358,19 @@ def random_feed(model: onnx.ModelProto, *, batch: int = 2, seed: int = 0) -> dic
         dims = [d.dim_value if d.HasField("dim_value") else batch for d in vi.type.tensor_type.shape.dim]
         feed[vi.name] = rng.standard_normal(dims).astype(np.float32)
     return feed
+
+
+def exact_int8_options() -> Any:
+    """ONNX Runtime session options that compute Q/DQ as float maths (TensorRT's arithmetic, the
+    same on every CPU), for tests that open their own InferenceSession."""
+    import onnxruntime as ort
+
+    from quant.backends.onnxruntime import EXACT_INT8_SESSION_CONFIG
+
+    opts = ort.SessionOptions()
+    for key, value in EXACT_INT8_SESSION_CONFIG.items():
+        opts.add_session_config_entry(key, value)
+    return opts
 
 
 def run_model(

@@ -120,6 +120,10 @@ class SessionRunner:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
+        from quant.backends.onnxruntime import EXACT_INT8_SESSION_CONFIG
+
+        for key, value in EXACT_INT8_SESSION_CONFIG.items():  # Q/DQ as TensorRT computes it, on every CPU
+            options.add_session_config_entry(key, value)
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         self._sess: Any = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.closed = False

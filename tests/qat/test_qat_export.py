@@ -23,12 +23,13 @@ from quant.qat.calibrate import calibrate_model  # noqa: E402
 from quant.qat.export import export_float_onnx, export_onnx, onnx_tensor_names  # noqa: E402
 from quant.qat.onnx_post import check_qdq  # noqa: E402
 from quant.qat.swap import quantize_model, quantizers  # noqa: E402
+from tests.models import exact_int8_options  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), exact_int8_options(), providers=["CPUExecutionProvider"])
 
 
 def _calibrated_cnn() -> tuple[Any, np.ndarray]:

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quant.errors import ModelError
 from quant.qat.onnx_post import check_qdq, finalize_qdq
-from tests.models import make_model
+from tests.models import exact_int8_options, make_model
 
 RNG = np.random.default_rng(0)
 
@@ -20,7 +20,7 @@ def _init(name: str, a: np.ndarray) -> onnx.TensorProto:
 
 
 def _run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> np.ndarray:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), exact_int8_options(), providers=["CPUExecutionProvider"])
     return np.asarray(sess.run(None, feed)[0])
 
 
