@@ -17,6 +17,7 @@ Memory:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -176,6 +177,14 @@ class NpyDataset:
             else:
                 rows = array[self._indices[start : start + batch_size]]
             yield Batch(feed={self._spec.name: _copy_rows(rows, self._dtype)}, labels=None)
+
+    def sample_range(self, start: int, stop: int) -> NpyDataset:
+        """The same data set restricted to selected samples ``start`` to ``stop - 1`` (a shard:
+        :mod:`quant.datasets.shard`); only those rows are read."""
+        part = copy.copy(self)
+        part._indices = self._indices[start:stop]
+        part._fingerprint = None
+        return part
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
@@ -418,6 +427,14 @@ class NpzDataset:
                     feed[spec.name] = _copy_rows(rows, np.dtype(spec.dtype))
                 labels = None if self._labels is None else self._labels[idx].copy()
                 yield Batch(feed=feed, labels=labels)
+
+    def sample_range(self, start: int, stop: int) -> NpzDataset:
+        """The same data set restricted to selected samples ``start`` to ``stop - 1`` (a shard:
+        :mod:`quant.datasets.shard`); only those rows are read."""
+        part = copy.copy(self)
+        part._indices = self._indices[start:stop]
+        part._fingerprint = None
+        return part
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

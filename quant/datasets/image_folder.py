@@ -16,6 +16,7 @@ the listing: consumers handle any batch size.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -228,6 +229,17 @@ class ImageFolderDataset:
     def batches(self, batch_size: int) -> Iterator[Batch]:
         check_batch_size(batch_size)
         return self._iterate(int(batch_size))
+
+    def sample_range(self, start: int, stop: int) -> ImageFolderDataset:
+        """The same data set restricted to selected samples ``start`` to ``stop - 1`` (a shard:
+        :mod:`quant.datasets.shard`); only those images are ever read."""
+        part = copy.copy(self)
+        part._files = self._files[start:stop]
+        part._labels = None if self._labels is None else self._labels[start:stop].copy()
+        part._skipped = []
+        part._warned = set()
+        part._fingerprint = None
+        return part
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -47,6 +47,7 @@ from quant.eval._fields import (
     get_bool,
     get_float,
     get_int,
+    get_mapping,
     get_str,
 )
 
@@ -164,6 +165,33 @@ class ClassificationMetrics:
             "agreement": self.agreement,
         }
 
+    def merge(self, other: ClassificationMetrics) -> ClassificationMetrics:
+        """The counts of both (disjoint samples of the same output): what one run over both
+        sample sets gives. ReportError when the output or the number of classes differs."""
+        if other.output != self.output:
+            raise ReportError(
+                f"cannot merge classification of output '{other.output}' into '{self.output}'; "
+                "the reports score different classifier outputs"
+            )
+        if self.num_samples and other.num_samples and other.num_classes != self.num_classes:
+            raise ReportError(
+                f"output '{self.output}' has {other.num_classes} classes in one report and "
+                f"{self.num_classes} in another; the reports are of different models"
+            )
+        top5: int | None = None
+        if self.top5_correct is not None or other.top5_correct is not None:
+            top5 = (self.top5_correct or 0) + (other.top5_correct or 0)
+        return ClassificationMetrics(
+            output=self.output,
+            num_samples=self.num_samples + other.num_samples,
+            num_classes=self.num_classes if self.num_samples else other.num_classes,
+            num_labeled=self.num_labeled + other.num_labeled,
+            top1_correct=self.top1_correct + other.top1_correct,
+            top5_correct=top5,
+            num_compared=self.num_compared + other.num_compared,
+            agree_count=self.agree_count + other.agree_count,
+        )
+
     @classmethod
     def from_dict(cls, data: object, where: str = "classification") -> ClassificationMetrics:
         d = as_mapping(data, where)
@@ -279,8 +307,89 @@ class ClassificationAccumulator:
 
 
 @dataclass(frozen=True)
+class FidelitySums:
+    """The float64 sums, counts and extremes behind :class:`FidelityMetrics`.
+
+    Every metric is a function of these, and two disjoint sample sets' sums combine by addition
+    (``max`` / ``min`` for the extremes), so partial results of shards merge into what one run
+    over all samples gives (up to the order of float64 additions: about 1e-16 relative).
+    ``cos_min`` is None before any sample.
+    """
+
+    samples: int = 0
+    elements: int = 0
+    dot: float = 0.0
+    xx: float = 0.0
+    rr: float = 0.0
+    noise: float = 0.0
+    abs_err: float = 0.0
+    abs_ref: float = 0.0
+    max_abs: float = 0.0
+    cos_sum: float = 0.0
+    cos_min: float | None = None
+    nonfinite: int = 0
+
+    def merge(self, other: FidelitySums) -> FidelitySums:
+        """The sums of both sample sets."""
+        mins = [v for v in (self.cos_min, other.cos_min) if v is not None]
+        return FidelitySums(
+            samples=self.samples + other.samples,
+            elements=self.elements + other.elements,
+            dot=self.dot + other.dot,
+            xx=self.xx + other.xx,
+            rr=self.rr + other.rr,
+            noise=self.noise + other.noise,
+            abs_err=self.abs_err + other.abs_err,
+            abs_ref=self.abs_ref + other.abs_ref,
+            max_abs=max(self.max_abs, other.max_abs),
+            cos_sum=self.cos_sum + other.cos_sum,
+            cos_min=min(mins) if mins else None,
+            nonfinite=self.nonfinite + other.nonfinite,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "elements": self.elements,
+            "dot": self.dot,
+            "xx": self.xx,
+            "rr": self.rr,
+            "noise": self.noise,
+            "abs_err": self.abs_err,
+            "abs_ref": self.abs_ref,
+            "max_abs": self.max_abs,
+            "cos_sum": self.cos_sum,
+            "cos_min": self.cos_min,
+            "nonfinite": self.nonfinite,
+        }
+
+    @classmethod
+    def from_dict(cls, data: object, where: str = "sums") -> FidelitySums:
+        d = as_mapping(data, where)
+        floats = {
+            k: get_float(d, k, where)
+            for k in ("dot", "xx", "rr", "noise", "abs_err", "abs_ref", "max_abs", "cos_sum")
+        }
+        bad = [k for k, v in floats.items() if not math.isfinite(v)]
+        if bad:
+            raise ReportError(f"field '{where}.{bad[0]}' is not a finite number; the report is damaged")
+        return cls(
+            samples=get_int(d, "samples", where),
+            elements=get_int(d, "elements", where),
+            cos_min=get_float(d, "cos_min", where, nullable=True),
+            nonfinite=get_int(d, "nonfinite", where),
+            **floats,
+        )
+
+
+@dataclass(frozen=True)
 class FidelityMetrics:
-    """How close one output is to the reference's over the whole set (see the module docstring)."""
+    """How close one output is to the reference's over the whole set (see the module docstring).
+
+    ``sums`` holds what the metrics are computed from (:class:`FidelitySums`); results of
+    :class:`FidelityAccumulator` always have it, so that partial results merge exactly
+    (:meth:`merge`). Reports written before it existed load with ``sums = None``.
+    """
 
     output: str
     num_samples: int
@@ -293,6 +402,63 @@ class FidelityMetrics:
     mean_rel_error: float | None
     max_abs_error: float | None
     nonfinite: int = 0
+    sums: FidelitySums | None = None
+
+    @classmethod
+    def from_sums(cls, output: str, sums: FidelitySums) -> FidelityMetrics:
+        """The metrics of ``output`` computed from its sums (the one place the formulas live)."""
+        if sums.nonfinite or sums.samples == 0:
+            return cls(
+                output=output,
+                num_samples=sums.samples,
+                num_elements=sums.elements,
+                cosine=None,
+                mean_sample_cosine=None,
+                min_sample_cosine=None,
+                sqnr_db=None,
+                exact=False,
+                mean_rel_error=None,
+                max_abs_error=None,
+                nonfinite=sums.nonfinite,
+                sums=sums,
+            )
+        exact = sums.noise == 0.0
+        sqnr: float | None = None
+        if not exact and sums.rr > 0:
+            sqnr = 10.0 * math.log10(sums.rr / sums.noise)
+        if sums.abs_ref > 0:
+            rel: float | None = sums.abs_err / sums.abs_ref
+        else:
+            rel = 0.0 if sums.abs_err == 0 else None
+        return cls(
+            output=output,
+            num_samples=sums.samples,
+            num_elements=sums.elements,
+            cosine=float(_cosine(sums.dot, sums.xx, sums.rr)),
+            mean_sample_cosine=sums.cos_sum / sums.samples,
+            min_sample_cosine=sums.cos_min,
+            sqnr_db=sqnr,
+            exact=exact,
+            mean_rel_error=rel,
+            max_abs_error=sums.max_abs,
+            nonfinite=0,
+            sums=sums,
+        )
+
+    def merge(self, other: FidelityMetrics) -> FidelityMetrics:
+        """The metrics over both (disjoint) sample sets, from the sums: what one run over all
+        the samples gives. ReportError when either has no sums or the outputs differ."""
+        if other.output != self.output:
+            raise ReportError(
+                f"cannot merge fidelity of output '{other.output}' into '{self.output}'; the reports "
+                "are of models with different outputs"
+            )
+        if self.sums is None or other.sums is None:
+            raise ReportError(
+                f"fidelity of output '{self.output}' has no sums (a report written by an older quant); "
+                "evaluate the shards again with this version"
+            )
+        return FidelityMetrics.from_sums(self.output, self.sums.merge(other.sums))
 
     @property
     def sqnr_value(self) -> float:
@@ -316,11 +482,13 @@ class FidelityMetrics:
             "mean_rel_error": finite_or_none(self.mean_rel_error),
             "max_abs_error": finite_or_none(self.max_abs_error),
             "nonfinite": self.nonfinite,
+            **({} if self.sums is None else {"sums": self.sums.to_dict()}),
         }
 
     @classmethod
     def from_dict(cls, data: object, where: str = "fidelity") -> FidelityMetrics:
         d = as_mapping(data, where)
+        sums_d = get_mapping(d, "sums", where, nullable=True) if "sums" in d else None
         return cls(
             output=get_str(d, "output", where),
             num_samples=get_int(d, "num_samples", where),
@@ -333,6 +501,7 @@ class FidelityMetrics:
             mean_rel_error=get_float(d, "mean_rel_error", where, nullable=True),
             max_abs_error=get_float(d, "max_abs_error", where, nullable=True),
             nonfinite=get_int(d, "nonfinite", where),
+            sums=None if sums_d is None else FidelitySums.from_dict(sums_d, f"{where}.sums"),
         )
 
 
@@ -404,42 +573,25 @@ class FidelityAccumulator:
         self._samples += n
         self._elements += int(x.size)
 
-    def result(self) -> FidelityMetrics:
-        if self._nonfinite or self._samples == 0:
-            return FidelityMetrics(
-                output=self.output,
-                num_samples=self._samples,
-                num_elements=self._elements,
-                cosine=None,
-                mean_sample_cosine=None,
-                min_sample_cosine=None,
-                sqnr_db=None,
-                exact=False,
-                mean_rel_error=None,
-                max_abs_error=None,
-                nonfinite=self._nonfinite,
-            )
-        exact = self._noise == 0.0
-        sqnr: float | None = None
-        if not exact and self._rr > 0:
-            sqnr = 10.0 * math.log10(self._rr / self._noise)
-        if self._abs_ref > 0:
-            rel: float | None = self._abs_err / self._abs_ref
-        else:
-            rel = 0.0 if self._abs_err == 0 else None
-        return FidelityMetrics(
-            output=self.output,
-            num_samples=self._samples,
-            num_elements=self._elements,
-            cosine=float(_cosine(self._dot, self._xx, self._rr)),
-            mean_sample_cosine=self._cos_sum / self._samples,
-            min_sample_cosine=self._cos_min,
-            sqnr_db=sqnr,
-            exact=exact,
-            mean_rel_error=rel,
-            max_abs_error=self._max_abs,
-            nonfinite=0,
+    def sums(self) -> FidelitySums:
+        """The running sums so far (what :meth:`result` computes the metrics from)."""
+        return FidelitySums(
+            samples=self._samples,
+            elements=self._elements,
+            dot=self._dot,
+            xx=self._xx,
+            rr=self._rr,
+            noise=self._noise,
+            abs_err=self._abs_err,
+            abs_ref=self._abs_ref,
+            max_abs=self._max_abs,
+            cos_sum=self._cos_sum,
+            cos_min=self._cos_min if self._samples else None,
+            nonfinite=self._nonfinite,
         )
+
+    def result(self) -> FidelityMetrics:
+        return FidelityMetrics.from_sums(self.output, self.sums())
 
 
 @dataclass(frozen=True)
