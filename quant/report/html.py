@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quant._io import atomic_write, check_output_not_input
+from quant.report.schema import arithmetic_line
 from quant.report.sections import ActivationHistogram, HistogramSection, LayerSection, read_sections
 from quant.report.table import fmt_number, fmt_signed
 
@@ -586,6 +587,12 @@ def _model_and_data(report: Report) -> str:
     return "\n".join(out)
 
 
+def _arithmetic(env: Mapping[str, Any]) -> str:
+    """The one line saying which arithmetic produced each INT8 precision (empty when unknown)."""
+    line = arithmetic_line(env)
+    return f'<p class="sub" id="arithmetic">{_e(line)}</p>' if line else ""
+
+
 def _environment(env: Mapping[str, Any]) -> str:
     out = ['<h2 id="environment">Environment</h2>']
     if not env:
@@ -607,6 +614,7 @@ def render_html(report: Report) -> str:
     body = [
         _header(report),
         _summary(report.evaluation),
+        _arithmetic(report.environment),
         _layers(layers, classes),
         _histograms(hists, classes, None if layers is None else len(layers.items)),
         _calibration(report.calibration),

@@ -108,8 +108,19 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def environment_info() -> dict[str, Any]:
-    """Versions and machine facts that latency and accuracy numbers depend on."""
+#: How the ``int8`` (TensorRT placement) precision is computed: see quant/backends/onnxruntime.py.
+EXACT_ARITHMETIC = "exact: Q/DQ as float maths (TensorRT's int32 accumulation up to float rounding)"
+
+
+def environment_info(int8_arithmetic: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Versions and machine facts that latency and accuracy numbers depend on.
+
+    ``cpu_int8_features`` and ``cpu_int8_class`` say which int8 instructions this CPU has (see
+    quant/backends/cpu.py); ``int8_arithmetic`` names, per INT8 precision, the arithmetic that
+    produced its numbers (exact simulation, or ONNX Runtime's fused integer kernels and which)."""
+    from quant.backends.cpu import host_cpu
+
+    cpu = host_cpu()
     try:
         usable: int | None = len(os.sched_getaffinity(0))
     except AttributeError:  # not available on macOS / Windows
@@ -122,9 +133,24 @@ def environment_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_int8_features": list(cpu.features),
+        "cpu_int8_class": cpu.int8_class,
         "cores": os.cpu_count(),
         "usable_cores": usable,
+        **({"int8_arithmetic": dict(int8_arithmetic)} if int8_arithmetic else {}),
     }
+
+
+def arithmetic_line(env: Mapping[str, Any]) -> str | None:
+    """One line for tables and pages: which arithmetic produced each INT8 precision, on which CPU
+    (None for a report that does not say, e.g. one written by an older quant)."""
+    arithmetic = env.get("int8_arithmetic")
+    if not isinstance(arithmetic, Mapping) or not arithmetic:
+        return None
+    features = env.get("cpu_int8_features")
+    feats = " ".join(str(f) for f in features) if isinstance(features, list) and features else "no int8 extensions"
+    parts = "; ".join(f"{k} = {v}" for k, v in arithmetic.items())
+    return f"INT8 arithmetic on {env.get('cpu', 'this CPU')} [{feats}]: {parts}"
 
 
 def amax_summary(amax: Mapping[str, float], no_range: Sequence[str] = ()) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from quant.eval.evaluate import EvalResult, PrecisionResult
-from quant.report.schema import Report
+from quant.report.schema import Report, arithmetic_line
 
 DASH = "-"
 
@@ -122,6 +122,9 @@ def _header(report: Report) -> list[str]:
         lines.append("calibration:  none")
     for precision, entry in (report.build or {}).items():
         lines.append(f"build:        {precision}: {_build_text(entry)}")
+    arithmetic = arithmetic_line(report.environment)
+    if arithmetic:
+        lines.append(f"arithmetic:   {arithmetic}")
     return lines
 
 
