@@ -73,18 +73,26 @@ class CalibrationOptions:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """How the INT8 (or FP16) ONNX model is built from a model and a cache."""
+    """How the INT8 (or FP16) ONNX model is built from a model and a cache.
+
+    ``cpu`` is the CPU class the ``onnxruntime`` target is built for (``auto``: this machine's;
+    ``vnni``, ``avx2``, ``arm``; see quant/backends/cpu.py); the TensorRT target ignores it."""
 
     precision: Literal["int8", "fp16", "fp32"] = "int8"
     target: Target = "tensorrt"
     exclude: tuple[str, ...] = ()
     strict: bool = False
+    cpu: str = "auto"
 
     def __post_init__(self) -> None:
         if self.precision not in ("int8", "fp16", "fp32"):
             raise UsageError(f"--precision must be int8, fp16 or fp32, got {self.precision!r}")
         if self.target not in ("tensorrt", "onnxruntime"):
             raise UsageError(f"--target must be 'tensorrt' or 'onnxruntime', got {self.target!r}")
+        from quant.backends.cpu import CPU_CHOICES
+
+        if self.cpu not in CPU_CHOICES:
+            raise UsageError(f"--cpu must be one of {', '.join(CPU_CHOICES)}, got {self.cpu!r}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
