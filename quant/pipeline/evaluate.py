@@ -1,0 +1,99 @@
+"""The evaluate stage: ``quant eval`` runs the same samples through FP32 / FP16 / INT8 on ONNX
+Runtime and returns the report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from quant.config import DataOptions, EvalOptions
+from quant.errors import UsageError
+from quant.pipeline.layers import with_layer_sections
+from quant.pipeline.prepare import data_file, effective_batch_size, open_data, prepare_model, sidecar_of
+from quant.pipeline.quantize import precision_models
+from quant.pipeline.report import make_report
+
+if TYPE_CHECKING:
+    import onnx
+
+    from quant.pipeline.calibrate import CalibrateOutcome
+    from quant.pipeline.prepare import PreparedModel
+    from quant.report.schema import Report
+
+
+def evaluate(
+    model: str | Path | None,
+    data: DataOptions,
+    *,
+    cache: str | Path | None = None,
+    int8_model: str | Path | None = None,
+    options: EvalOptions | None = None,
+    exclude: Sequence[str] = (),
+    report: str | Path | None = None,
+    progress: bool = False,
+    command: Sequence[str] | None = None,
+    prepared: PreparedModel | None = None,
+    calibration: CalibrateOutcome | None = None,
+    prebuilt: tuple[dict[str, onnx.ModelProto], dict[str, Any]] | None = None,
+    layers: bool = False,
+) -> Report:
+    """Run the same samples through FP32 / FP16 / INT8 and return (and optionally save) a report.
+
+    ``layers`` adds the per-layer errors and activation histograms (:func:`analyze_layers`) to
+    ``report.extra``; it needs ``cache`` or ``int8_model``.
+    """
+    from quant.eval.evaluate import evaluate as run_eval
+    from quant.report.schema import save_report
+
+    options = options or EvalOptions()
+    if layers and cache is None and int8_model is None and not (prebuilt and "int8" in prebuilt[0]):
+        raise UsageError("--layers needs --cache (or --int8-model): the per-layer errors compare the INT8 model with FP32")
+    prepared = prepared or prepare_model(model)
+    if report is not None:
+        from quant._io import check_output_not_input
+
+        check_output_not_input(report, prepared.path, data_file(data), cache, sidecar_of(cache), int8_model)
+    dataset = open_data(prepared, data)
+    if prebuilt is not None:
+        models, build_info = prebuilt
+    else:
+        models, build_info = precision_models(
+            prepared, options.precisions, cache=cache, int8_model=int8_model, exclude=exclude
+        )
+    batch_size = effective_batch_size(prepared.inputs, data.batch_size)
+    from quant.backends.onnxruntime import OrtRunner
+
+    threads = options.threads
+    # Errors name the user's model file (and the precision), not the ONNX graph's internal name.
+    runner_names = {id(m): f"{prepared.name} ({p})" if p != "fp32" else prepared.name for p, m in models.items()}
+
+    def runner_factory(m: Any) -> Any:
+        return OrtRunner(m, threads=threads, name=runner_names.get(id(m), prepared.name))
+
+    result = run_eval(
+        models,
+        dataset,
+        batch_size=batch_size,
+        warmup=options.warmup,
+        progress=progress,
+        classifier_output=options.classifier_output,
+        runner_factory=runner_factory,
+    )
+    rep = make_report(
+        prepared,
+        dataset,
+        result,
+        cache=cache,
+        build_info=build_info,
+        command=command,
+        calibration=calibration,
+    )
+    if layers:
+        rep = with_layer_sections(
+            rep, prepared, dataset, models, cache=cache, exclude=exclude, batch_size=data.batch_size,
+            progress=progress, threads=options.threads,
+        )
+    if report is not None:
+        save_report(rep, report)
+    return rep

@@ -1,0 +1,122 @@
+"""The sensitivity stage: ``quant sensitivity`` ranks the quantized layers by how much INT8 hurts
+the output metric, and adds the ranking to a report (docs/SENSITIVITY.md)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quant.config import DataOptions
+from quant.errors import DataError
+from quant.pipeline.prepare import (
+    PreparedModel,
+    capped,
+    effective_batch_size,
+    model_section,
+    open_data,
+    prepare_model,
+    with_node_names,
+)
+from quant.pipeline.quantize import load_cache_for_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SensitivityOutcome:
+    """What :func:`sensitivity` measured, the data it used and where the report went (if anywhere)."""
+
+    result: Any  # quant.sensitivity.SensitivityResult
+    section: dict[str, Any]  # what went into report.extra["sensitivity"]
+    report_path: Path | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def sensitivity(
+    model: str | Path | None,
+    data: DataOptions,
+    *,
+    cache: str | Path,
+    options: Any = None,
+    report: str | Path | None = None,
+    progress: bool = False,
+    command: Sequence[str] | None = None,
+    prepared: PreparedModel | None = None,
+) -> SensitivityOutcome:
+    """Rank the quantized layers of ``model`` by how much INT8 hurts the output metric.
+
+    For each layer: the loss with it alone in INT8 (damage) and the loss saved with it alone in
+    float (gain), against FP32 on ``data`` (at most ``DEFAULT_MAX_SAMPLES`` samples unless
+    ``data.max_samples`` says otherwise). ``options`` is a
+    :class:`quant.sensitivity.SensitivityOptions`. With ``report``, the result is added as
+    ``extra["sensitivity"]`` to that report (created when it does not exist).
+    """
+    from quant.sensitivity import DEFAULT_MAX_SAMPLES, SensitivityOptions, build_switchable_model
+    from quant.sensitivity.measure import SwitchableRunner, measure_sensitivity
+
+    opts: SensitivityOptions = options or SensitivityOptions()
+    prepared = with_node_names(prepared or prepare_model(model))
+    loaded, warnings = load_cache_for_model(cache, prepared)
+    for w in warnings:
+        log.warning("%s", w)
+    data = capped(data, DEFAULT_MAX_SAMPLES)
+    dataset = open_data(prepared, data)
+    if opts.metric == "accuracy" and not dataset.has_labels:
+        raise DataError(
+            f"--metric accuracy needs labelled data and '{data.path}' has no labels (class subfolders or an "
+            "npz 'labels' key); use --metric agreement"
+        )
+    switchable = build_switchable_model(prepared.clean, loaded.amax, exclude=opts.exclude)
+    with SwitchableRunner(switchable, threads=opts.threads, segments=opts.segments) as runner:
+        result = measure_sensitivity(
+            runner,
+            dataset,
+            batch_size=effective_batch_size(prepared.inputs, data.batch_size),
+            metric=opts.metric,
+            classifier_output=opts.classifier_output,
+            progress=progress,
+        )
+    summary = dataset.summary().to_dict()
+    summary["fingerprint"] = dataset.fingerprint()
+    section = {"cache": str(cache), "data": summary, **result.to_dict()}
+    report_path = None
+    if report is not None:
+        report_path = _save_sensitivity_report(report, prepared, summary, section, command)
+    return SensitivityOutcome(result=result, section=section, report_path=report_path, warnings=tuple(warnings))
+
+
+def _save_sensitivity_report(
+    path: str | Path,
+    prepared: PreparedModel,
+    data_summary: dict[str, Any],
+    section: dict[str, Any],
+    command: Sequence[str] | None,
+) -> Path:
+    """Add ``section`` as ``extra["sensitivity"]`` to the report at ``path``, or write a new one."""
+    from dataclasses import replace
+
+    from quant.errors import ReportError
+    from quant.report.schema import Report, load_report, save_report
+
+    p = Path(path)
+    if p.exists():
+        existing = load_report(p)
+        theirs = (existing.model or {}).get("fingerprint") or {}
+        mine = prepared.fingerprint.to_dict()
+        if any(theirs.get(k) != mine.get(k) for k in ("graph", "weights")):
+            raise ReportError(
+                f"report '{p}' is for another model ({(existing.model or {}).get('path')}), not "
+                f"'{prepared.path}'; give another --report path"
+            )
+        rep = replace(existing, extra={**existing.extra, "sensitivity": section})
+    else:
+        rep = Report.create(
+            model=model_section(prepared),
+            data=data_summary,
+            command=command,
+            extra={"sensitivity": section},
+        )
+    return save_report(rep, p)
