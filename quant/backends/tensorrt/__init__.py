@@ -1,5 +1,6 @@
 """The TensorRT backend: INT8 calibrators and caches (TensorRT 8.6-10.x), explicit Q/DQ engines
-(10.x/11.x), FP16/FP32 engines, an engine runner and engine inspection.
+(10.x/11.x and TensorRT-RTX, one strongly typed build path parameterised by the flavour, see
+:mod:`quant.backends.tensorrt.flavors`), FP16/FP32 engines, an engine runner and engine inspection.
 
 Importing this package does not import TensorRT or cuda-python; every function that needs them
 calls :func:`import_tensorrt` (or :func:`quant.backends.tensorrt.cuda.import_cudart`) first, which
@@ -80,6 +81,13 @@ def tensorrt_available() -> bool:
     return True
 
 
+def tensorrt_rtx_available() -> bool:
+    """True when TensorRT-RTX (``tensorrt_rtx``) imports: engines can be built here, GPU or not."""
+    from quant.backends.tensorrt.flavors import flavor_available
+
+    return flavor_available("tensorrt-rtx")
+
+
 def installed_version() -> TrtVersion:
     """The installed TensorRT's version (BackendUnavailableError when there is none)."""
     from quant.backends.tensorrt.versions import TrtVersion
@@ -99,6 +107,8 @@ _LAZY = {
     "parse_engine_information": "quant.backends.tensorrt.inspect",
     "render_engine_inspection": "quant.backends.tensorrt.inspect",
     "TrtVersion": "quant.backends.tensorrt.versions",
+    "import_flavor": "quant.backends.tensorrt.flavors",
+    "check_with_tensorrt": "quant.backends.tensorrt.check",
 }
 
 
@@ -125,4 +135,5 @@ __all__ = [
     "parse_shape_spec",
     "render_engine_inspection",
     "tensorrt_available",
+    "tensorrt_rtx_available",
 ]

@@ -1,15 +1,14 @@
-"""Subclasses of TensorRT's Python classes: the INT8 calibrators and a logger bridge.
+"""Subclasses of TensorRT's INT8 calibrator classes (TensorRT 8.6-10.x implicit quantization only;
+TensorRT 11 and TensorRT-RTX have no calibrators). The logger bridge, which both flavours need,
+is :func:`quant.backends.tensorrt.network.make_logger`.
 
 Imports tensorrt at module level, so import this module only after
-:func:`quant.backends.tensorrt.import_tensorrt` succeeded (``calibrator.create_calibrator`` and
-``make_logger`` do). Each class explicitly calls its TensorRT base ``__init__``, as the TensorRT
-Python API requires for classes it calls back into.
+:func:`quant.backends.tensorrt.import_tensorrt` succeeded (``calibrator.create_calibrator`` does). Each class explicitly calls its TensorRT base
+``__init__``, as the TensorRT Python API requires for classes it calls back into.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -19,9 +18,6 @@ if TYPE_CHECKING:
     from typing_extensions import Buffer, Self
 
     from quant.backends.tensorrt.calibrator import CalibratorCore
-
-log = logging.getLogger("quant.backends.tensorrt")
-
 
 # --------------------------------------------------------------------------------------------
 # Calibrators: thin shells over CalibratorCore. get_batch returns [] at the end (the documented
@@ -92,34 +88,4 @@ def make_calibrator(core: CalibratorCore) -> trt.IInt8Calibrator:
     return EntropyCalibrator(core)
 
 
-# --------------------------------------------------------------------------------------------
-# Logger
-# --------------------------------------------------------------------------------------------
-
-
-class LoggingBridge(trt.ILogger):
-    """Forward TensorRT's messages to ``logging`` (errors and warnings as such, info and verbose
-    as debug) and remember the last errors for exception messages."""
-
-    def __init__(self) -> None:
-        trt.ILogger.__init__(self)
-        self.errors: deque[str] = deque(maxlen=8)
-
-    def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-        if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-            self.errors.append(msg)
-            log.error("TensorRT: %s", msg)
-        elif severity == trt.ILogger.Severity.WARNING:
-            log.warning("TensorRT: %s", msg)
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug("TensorRT: %s", msg)
-
-    def last_error(self) -> str | None:
-        return self.errors[-1] if self.errors else None
-
-
-def make_logger() -> LoggingBridge:
-    return LoggingBridge()
-
-
-__all__ = ["EntropyCalibrator", "EntropyCalibrator2", "LoggingBridge", "MinMaxCalibrator", "make_calibrator", "make_logger"]
+__all__ = ["EntropyCalibrator", "EntropyCalibrator2", "MinMaxCalibrator", "make_calibrator"]

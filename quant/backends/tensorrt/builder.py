@@ -8,31 +8,35 @@ TensorRT 8.6-10.x, int8       plain model: INT8 (+FP16 with ``allow_fp16``) buil
                               and TensorRT does not recalibrate. ``dynamic_range``: ranges from
                               the cache with ``ITensor.set_dynamic_range``, no calibrator.
                               Q/DQ model: explicit quantization (INT8 flag, weakly typed).
-TensorRT 11.x, int8           Q/DQ model: strongly typed explicit quantization. Plain model +
-                              cache: quant inserts Q/DQ nodes from the cache first.
-fp16                          FP16 flag (< 11); on 11, the model's float types are converted to
-                              FP16 first (TensorRT 11 has no FP16 flag).
+TensorRT 11.x and TensorRT-RTX, Q/DQ model: strongly typed explicit quantization. Plain model +
+int8                          cache: quant inserts Q/DQ nodes from the cache first.
+fp16                          FP16 flag (< 11); on 11 and TensorRT-RTX, the model's float types
+                              are converted to FP16 first (no FP16 flag there).
 fp32                          no precision flags, TF32 off (results comparable with ONNX Runtime).
 ============================  =================================================================
 
-Every engine gets a sidecar ``<engine>.json`` (TensorRT version, GPU, precision, options, hashes)
-that :class:`~quant.backends.tensorrt.runner.TrtRunner` checks before loading.
+The flavour (``tensorrt`` or ``tensorrt-rtx``, :mod:`quant.backends.tensorrt.flavors`) is a
+parameter of the one build function: the strongly typed Q/DQ path, parsing, configuration,
+profiles and the sidecar are shared; the implicit-INT8 calibrator and dynamic-range steps run only
+where the flavour has them (TensorRT 8.6-10.x); TensorRT-RTX adds target compute capabilities
+and needs no GPU. Every engine gets a sidecar ``<engine>.json`` (flavour and version, GPU or
+targets, precision, options, hashes) that :class:`~quant.backends.tensorrt.runner.TrtRunner`
+checks before loading.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from quant.backends.base import TensorSpec
+from quant.backends.tensorrt.flavors import Capabilities, capabilities
 from quant.backends.tensorrt.options import (
     CalibratorKind,
     EngineBuildOptions,
@@ -48,8 +52,8 @@ if TYPE_CHECKING:
     import onnx
     import tensorrt
 
-    from quant.backends.tensorrt._trt import LoggingBridge
     from quant.backends.tensorrt.calibrator import CalibratorCore
+    from quant.backends.tensorrt.network import LoggingBridge
     from quant.cache.io import LoadedCache
     from quant.datasets.base import Dataset
 
@@ -102,7 +106,7 @@ class BuildPlan:
 def plan_build(
     options: EngineBuildOptions,
     *,
-    version: TrtVersion,
+    version: TrtVersion | Capabilities,
     model_has_qdq: bool,
     has_cache: bool,
     has_data: bool,
@@ -110,14 +114,18 @@ def plan_build(
 ) -> BuildPlan:
     """Choose the build mode for ``options`` on TensorRT ``version`` (pure).
 
-    Raises UsageError for what cannot be built: INT8 without a cache, data or Q/DQ nodes; TensorRT
-    11 asked for a calibrator or dynamic ranges; FP16/FP32 asked of a Q/DQ (INT8) model.
+    ``version`` is a TensorRT version or the :class:`Capabilities` of a flavour and version
+    (TensorRT-RTX plans like TensorRT 11: strongly typed, INT8 only from Q/DQ). Raises UsageError
+    for what cannot be built: INT8 without a cache, data or Q/DQ nodes; TensorRT 11 / TensorRT-RTX
+    asked for a calibrator or dynamic ranges; FP16/FP32 asked of a Q/DQ (INT8) model.
     """
     from quant.backends.tensorrt.calibrator import kind_of_algorithm
 
+    caps = version if isinstance(version, Capabilities) else capabilities("tensorrt", version)
+    trt_name = caps.describe
     msgs: list[str] = []
     weak_precision = ("FP16",) if options.allow_fp16 else ()
-    strongly = version.always_strongly_typed
+    strongly = caps.always_strongly_typed
 
     if options.precision != "int8" and model_has_qdq:
         raise UsageError(
@@ -131,10 +139,10 @@ def plan_build(
     if options.precision == "fp16":
         if has_cache:
             msgs.append("--precision fp16: the cache is not used")
-        if version.has_precision_flags:
+        if caps.has_precision_flags:
             return BuildPlan("fp16", flags=("FP16",), messages=tuple(msgs))
         msgs.append(
-            f"TensorRT {version.short} has no FP16 builder flag (networks are strongly typed): "
+            f"{trt_name} has no FP16 builder flag (networks are strongly typed): "
             f"converting the model's float tensors to FP16 first (inputs and outputs stay FP32)"
         )
         return BuildPlan("fp16-converted", strongly_typed=True, transform="to-fp16", messages=tuple(msgs))
@@ -153,25 +161,25 @@ def plan_build(
             return BuildPlan("int8-qdq", strongly_typed=True, messages=tuple(msgs))
         return BuildPlan("int8-qdq", flags=("INT8", *weak_precision), messages=tuple(msgs))
 
-    if not version.has_implicit_int8:
+    if not caps.has_implicit_int8:
         if options.dynamic_range:
             raise UsageError(
-                f"TensorRT {version.short} removed ITensor.set_dynamic_range; drop --dynamic-range "
+                f"{trt_name} removed ITensor.set_dynamic_range; drop --dynamic-range "
                 f"(quant inserts Q/DQ nodes from the cache instead)"
             )
         if options.calibrator is not None:
             raise UsageError(
-                f"TensorRT {version.short} has no INT8 calibrators; drop --calibrator, run 'quant calibrate' "
+                f"{trt_name} has no INT8 calibrators; drop --calibrator, run 'quant calibrate' "
                 f"and build from its --cache"
             )
         if not has_cache:
             raise UsageError(
-                f"TensorRT {version.short} has no INT8 calibrators: run 'quant calibrate MODEL --data DIR "
+                f"{trt_name} has no INT8 calibrators: run 'quant calibrate MODEL --data DIR "
                 f"--cache model.cache' first and pass --cache model.cache (quant then inserts Q/DQ nodes "
                 f"from it)"
             )
         msgs.append(
-            f"TensorRT {version.short} has no implicit INT8: building quant's Q/DQ model from the cache "
+            f"{trt_name} has no implicit INT8: building quant's Q/DQ model from the cache "
             f"first, then a strongly typed engine from it"
         )
         if has_data:
@@ -235,6 +243,11 @@ class EngineBuildResult:
     messages: tuple[str, ...] = ()
     seconds: float = 0.0
     plan: dict[str, Any] = field(default_factory=dict)
+    trt_flavor: str = "tensorrt"
+    compute_capabilities: tuple[str, ...] = ()
+    engine_bytes: int = 0
+    build_seconds: float = 0.0
+    num_layers: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -256,6 +269,11 @@ class EngineBuildResult:
             "messages": list(self.messages),
             "seconds": self.seconds,
             "plan": dict(self.plan),
+            "trt_flavor": self.trt_flavor,
+            "compute_capabilities": list(self.compute_capabilities),
+            "engine_bytes": self.engine_bytes,
+            "build_seconds": self.build_seconds,
+            "num_layers": self.num_layers,
         }
 
 
@@ -272,25 +290,29 @@ def build_engine(
     cache: str | Path | None = None,
     calib_dataset: Dataset | None = None,
     cache_out: str | Path | None = None,
+    flavor: str = "tensorrt",
 ) -> EngineBuildResult:
     """Build ``output`` (a TensorRT engine) and ``output.json`` from the ONNX model at ``model_path``.
 
-    ``cache``: a calibration cache (quant's, TensorRT's or ONNX Runtime's) for INT8. With a
-    calibrator, a cache path that does not exist yet is where TensorRT's calibration is saved
-    (with quant's sidecar); ``cache_out`` overrides where a new calibration is saved (default:
-    ``cache`` when it did not exist, else ``<output>.cache``). ``calib_dataset`` feeds TensorRT's
-    calibrator. Raises BackendUnavailableError without TensorRT or a GPU.
-    """
-    from quant.backends.tensorrt import import_tensorrt
+    ``flavor``: ``tensorrt`` (TensorRT 8.6-11.x, on the GPU the engine is for) or ``tensorrt-rtx``
+    (TensorRT for RTX: built ahead of time, no GPU needed, for ``options.compute_capabilities``).
+    Both go through this one function; what differs is asked of the flavour's
+    :class:`~quant.backends.tensorrt.flavors.Capabilities`.
 
-    import_tensorrt()
-    import tensorrt as trt
+    ``cache``: a calibration cache (quant's, TensorRT's or ONNX Runtime's) for INT8. With a
+    calibrator (TensorRT 8.6-10.x), a cache path that does not exist yet is where TensorRT's
+    calibration is saved (with quant's sidecar); ``cache_out`` overrides where a new calibration
+    is saved (default: ``cache`` when it did not exist, else ``<output>.cache``).
+    ``calib_dataset`` feeds TensorRT's calibrator. Raises BackendUnavailableError without the
+    flavour's module (or, for ``tensorrt``, without a GPU).
+    """
+    from quant.backends.tensorrt import network as nw
+    from quant.backends.tensorrt.flavors import import_flavor
+
+    trt, caps = import_flavor(flavor)
 
     from quant import __version__
     from quant._io import atomic_write, check_output_not_input
-    from quant.backends.tensorrt import _trt
-    from quant.backends.tensorrt import cuda as cu
-    from quant.backends.tensorrt.calibrator import create_calibrator
     from quant.backends.tensorrt.sidecar import EngineSidecar, sha256_file, write_engine_sidecar
     from quant.graph.load import load_model
 
@@ -302,17 +324,20 @@ def build_engine(
     check_output_not_input(output, model_path, cache_path, options.timing_cache)
     if not output.parent.exists() and str(output.parent) not in ("", "."):
         raise OutputError(f"cannot write '{output}': directory '{output.parent}' does not exist; create it first")
-    version = TrtVersion.parse(trt.__version__)
-    cu.set_device(options.device)
-    gpu = cu.device_info(options.device)
-    log.info("TensorRT %s on %s", version, gpu.describe())
+    version = caps.version
+    gpu = _target_gpu(caps, options)
+    log.info("%s for %s", caps.describe, gpu.describe())
 
     model = load_model(model_path)
     qdq = has_qdq(model)
-    loaded = _read_cache_if_any(cache_path, options, version, qdq, calib_dataset is not None)
+    if qdq:
+        from quant.backends.tensorrt.qdq_rules import check_qdq_rules
+
+        check_qdq_rules(model, source=str(model_path), trt=caps.flavor.label)
+    loaded = _read_cache_if_any(cache_path, options, caps, qdq, calib_dataset is not None)
     plan = plan_build(
         options,
-        version=version,
+        version=caps,
         model_has_qdq=qdq,
         has_cache=loaded is not None,
         has_data=calib_dataset is not None,
@@ -326,75 +351,60 @@ def build_engine(
 
     onnx_bytes = _transformed_model(plan, model, loaded, options, messages)
 
-    logger = _trt.make_logger()
+    logger = nw.make_logger(trt)
     builder = trt.Builder(logger)
-    load_plugins(logger, options.plugins)
-    network = builder.create_network(_network_flags(version, plan.strongly_typed))
-    parser = trt.OnnxParser(network, logger)
-    if onnx_bytes is None:
-        parsed_ok = parser.parse_from_file(str(model_path))
-    else:
-        parsed_ok = parser.parse(onnx_bytes, str(model_path))
-    if not parsed_ok:
-        raise ModelError(_parser_message(parser, model_path, logger))
-    inputs = _network_inputs(network)
+    nw.load_plugins(trt, logger, options.plugins)
+    network, _parser = nw.parse_onnx(
+        trt, caps, builder, logger, model_path=model_path, onnx_bytes=onnx_bytes, strongly_typed=plan.strongly_typed
+    )
+    inputs = nw.network_inputs(trt, network)
     profiles = resolve_profiles(inputs, options.shapes)
 
     config = builder.create_builder_config()
-    _configure(config, options, plan)
-    timing_cache = _attach_timing_cache(config, options.timing_cache)
+    nw.configure(
+        trt, config, flags=plan.flags, clear_flags=plan.clear_flags,
+        workspace_mb=options.workspace_mb, optimization_level=options.optimization_level,
+    )
+    if caps.has_compute_capabilities:
+        nw.set_compute_capabilities(trt, config, options.compute_capabilities)
+    timing_cache = nw.attach_timing_cache(config, options.timing_cache)
     if profiles:
-        config.add_optimization_profile(_profile(builder, profiles))
+        config.add_optimization_profile(nw.make_profile(trt, builder, profiles))
 
     core: CalibratorCore | None = None
-    calibrator = None
     ranges_set = 0
     ranges_missing: list[str] = []
-    if plan.mode == "int8-calibrator":
+    if plan.mode == "int8-calibrator":  # TensorRT 8.6-10.x only: plan_build never picks it otherwise
         assert plan.calibrator is not None  # plan_build sets it in this mode
-        core, calib_msgs = _calibrator_core(
-            plan.calibrator,
-            loaded=loaded,
-            cache_path=cache_path,
-            cache_out=None if cache_out is None else Path(cache_out),
-            output=output,
-            dataset=calib_dataset,
-            inputs=inputs,
-            profiles=profiles,
-            options=options,
-            version=version,
-            model=model,
+        core, calib_msgs = _attach_calibrator(
+            trt, builder, config, logger,
+            kind=plan.calibrator, loaded=loaded, cache_path=cache_path,
+            cache_out=None if cache_out is None else Path(cache_out), output=output,
+            dataset=calib_dataset, inputs=inputs, profiles=profiles, options=options,
+            version=version, model=model,
         )
         messages.extend(calib_msgs)
-        calibrator = create_calibrator(core)
-        config.int8_calibrator = calibrator
-        if profiles:
-            # TensorRT calibrates at the calibration profile's opt shapes (min/max are set to opt).
-            fixed = [ShapeProfile(p.name, p.opt, p.opt, p.opt) for p in profiles]
-            if not config.set_calibration_profile(_profile(builder, fixed)):
-                raise QuantError(
-                    f"TensorRT rejected the calibration profile {[p.text for p in fixed]}: "
-                    f"{logger.last_error() or 'see the TensorRT messages above'}"
-                )
     elif plan.mode == "int8-dynamic-range":
         assert loaded is not None  # plan_build requires a cache in this mode
         ranges_set, ranges_missing, range_msgs = _apply_dynamic_ranges(
-            network, loaded.amax, source=str(loaded.path), strict=options.strict
+            trt, network, loaded.amax, source=str(loaded.path), strict=options.strict
         )
         messages.extend(range_msgs)
 
-    log.info("building the %s engine (%s); this can take minutes...", options.precision, plan.mode)
+    log.info("building the %s engine (%s) with %s; this can take minutes...", options.precision, plan.mode, caps.describe)
+    build_start = time.perf_counter()
     try:
         serialized = builder.build_serialized_network(network, config)
     finally:
         if core is not None:
             core.close()
+    build_seconds = time.perf_counter() - build_start
     if core is not None:
         core.raise_if_failed()
     if serialized is None:
         raise QuantError(
-            f"TensorRT could not build an engine from '{model_path}': "
-            f"{logger.last_error() or 'see the TensorRT messages above (run with --verbose)'}"
+            f"{caps.flavor.label} could not build an engine from '{model_path}': "
+            f"{_one_line(logger.last_error()) or 'see the TensorRT messages above (run with --verbose)'}"
         )
     engine_bytes = bytes(memoryview(serialized))
     atomic_write(output, engine_bytes)
@@ -418,6 +428,10 @@ def build_engine(
         build_options=options.to_dict(),
         messages=tuple(messages),
         quant_version=__version__,
+        trt_flavor=caps.flavor.name,
+        compute_capabilities=tuple(options.compute_capabilities),
+        engine_bytes=len(engine_bytes),
+        build_seconds=round(build_seconds, 3),
     )
     side = write_engine_sidecar(output, sidecar)
     seconds = time.perf_counter() - start
@@ -441,6 +455,11 @@ def build_engine(
         messages=tuple(messages),
         seconds=seconds,
         plan=plan.to_dict(),
+        trt_flavor=caps.flavor.name,
+        compute_capabilities=tuple(options.compute_capabilities),
+        engine_bytes=len(engine_bytes),
+        build_seconds=build_seconds,
+        num_layers=int(network.num_layers),
     )
 
 
@@ -449,8 +468,55 @@ def build_engine(
 # --------------------------------------------------------------------------------------------
 
 
+def _one_line(text: str | None) -> str:
+    return " ".join(text.split()) if text else ""
+
+
+def _target_gpu(caps: Capabilities, options: EngineBuildOptions) -> GpuInfo:
+    """The GPU the engine is for: this machine's (TensorRT), or TensorRT-RTX's targets (no GPU
+    needed; ``current`` needs one)."""
+    if not caps.has_compute_capabilities:
+        if options.compute_capabilities:
+            raise UsageError(
+                "--compute-capability applies to --backend tensorrt-rtx; TensorRT builds for the GPU of "
+                "this machine (--device)"
+            )
+        from quant.backends.tensorrt import cuda as cu
+
+        cu.set_device(options.device)
+        return cu.device_info(options.device)
+    if options.compute_capabilities == ("current",):
+        problem = local_gpu_problem()
+        if problem is not None:
+            raise UsageError(
+                f"--compute-capability current builds for this machine's GPU, and {problem}; name the "
+                f"target GPUs instead (e.g. --compute-capability 8.9,12.0) or leave it out for "
+                f"TensorRT-RTX's default set"
+            )
+        return GpuInfo(name="this machine's GPU (current)", compute_capability="current")
+    targets = ",".join(options.compute_capabilities) or "default"
+    return GpuInfo(name=f"{caps.flavor.label} targets", compute_capability=targets)
+
+
+def local_gpu_problem() -> str | None:
+    """None when the CUDA driver sees at least one GPU here; else why not (one phrase)."""
+    import ctypes.util
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "this machine has no NVIDIA driver (libcuda.so.1 not found)"
+    status = lib.cuInit(0)
+    if status != 0:
+        return f"the NVIDIA driver found no usable GPU (cuInit returned {status})"
+    count = ctypes.c_int(0)
+    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return "the NVIDIA driver found no GPU"
+    return None
+
+
 def _read_cache_if_any(
-    cache_path: Path | None, options: EngineBuildOptions, version: TrtVersion, qdq: bool, has_data: bool
+    cache_path: Path | None, options: EngineBuildOptions, caps: Capabilities, qdq: bool, has_data: bool
 ) -> LoadedCache | None:
     """Read the cache when it exists. A missing cache is fine only where TensorRT's calibrator
     will create it; elsewhere it is an error."""
@@ -464,7 +530,7 @@ def _read_cache_if_any(
         options.precision == "int8"
         and not options.dynamic_range
         and not qdq
-        and version.has_implicit_int8
+        and caps.has_implicit_int8
         and has_data
     )
     if will_calibrate:
@@ -533,127 +599,44 @@ def _transformed_model(
         ) from exc
 
 
-_PLUGIN_LIBS: list[ctypes.CDLL] = []
+def _attach_calibrator(
+    trt: ModuleType,
+    builder: tensorrt.Builder,
+    config: tensorrt.IBuilderConfig,
+    logger: LoggingBridge,
+    *,
+    kind: CalibratorKind,
+    loaded: LoadedCache | None,
+    cache_path: Path | None,
+    cache_out: Path | None,
+    output: Path,
+    dataset: Dataset | None,
+    inputs: Sequence[TensorSpec],
+    profiles: Sequence[ShapeProfile],
+    options: EngineBuildOptions,
+    version: TrtVersion,
+    model: onnx.ModelProto,
+) -> tuple[CalibratorCore, list[str]]:
+    """TensorRT 8.6-10.x implicit INT8: the calibrator (fed by ``dataset`` or answering from the
+    cache) on ``config``, and the calibration profile at the opt shapes."""
+    from quant.backends.tensorrt import network as nw
+    from quant.backends.tensorrt.calibrator import create_calibrator
 
-
-def load_plugins(logger: LoggingBridge, plugins: Sequence[Path]) -> None:
-    """Register TensorRT's own plugins, then load each plugin library (like trtexec's
-    ``--staticPlugins``: the library registers its creators when it is loaded). Call before
-    parsing a model or deserializing an engine that uses them."""
-    import tensorrt as trt
-
-    if not trt.init_libnvinfer_plugins(logger, ""):
-        log.warning("TensorRT's own plugins could not be registered; models using them will not parse")
-    for lib in plugins:
-        path = Path(lib)
-        if not path.is_file():
-            raise UsageError(f"--plugins '{path}': no such file; give the path of the plugin library (.so)")
-        try:
-            _PLUGIN_LIBS.append(ctypes.CDLL(str(path.resolve()), mode=ctypes.RTLD_GLOBAL))
-        except OSError as exc:
-            raise ModelError(
-                f"cannot load plugin library '{path}': {exc}; check it was built for this TensorRT "
-                f"and CUDA version"
-            ) from exc
-        log.info("loaded plugin library '%s'", path)
-
-
-def _network_flags(version: TrtVersion, strongly_typed: bool) -> int:
-    import tensorrt as trt
-
-    flags = 0
-    if version.needs_explicit_batch_flag:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if strongly_typed:
-        # TensorRT 11 networks are always strongly typed; the flag may no longer exist there.
-        flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        if flag is not None:
-            flags |= 1 << int(flag)
-    return flags
-
-
-def _parser_message(parser: tensorrt.OnnxParser, model_path: Path, logger: LoggingBridge) -> str:
-    errors: list[str] = []
-    for i in range(parser.num_errors):
-        err = parser.get_error(i)
-        desc = str(err.desc())
-        node = err.node()
-        name_fn = getattr(err, "node_name", None)
-        name = name_fn() if callable(name_fn) else ""
-        where = f"node {node}" + (f" ({name})" if name else "") if isinstance(node, int) and node >= 0 else ""
-        errors.append(f"{where}: {desc}" if where else desc)
-    if not errors:
-        errors.append(logger.last_error() or "no details from the parser")
-    text = errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
-    hint = ""
-    if any("plugin" in e.lower() or "no importer" in e.lower() for e in errors):
-        hint = "; a custom layer? load its plugin library with --plugins lib.so"
-    return f"TensorRT cannot parse '{model_path}': {text}{hint}"
-
-
-def _network_inputs(network: tensorrt.INetworkDefinition) -> list[TensorSpec]:
-    import tensorrt as trt
-
-    from quant.backends.tensorrt.runner import dims
-
-    specs: list[TensorSpec] = []
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        if t.is_shape_tensor:
-            raise ModelError(
-                f"network input '{t.name}' is a shape tensor, which quant's TensorRT backend does not "
-                f"support; export the model with a data input instead"
+    core, messages = _calibrator_core(
+        kind, loaded=loaded, cache_path=cache_path, cache_out=cache_out, output=output, dataset=dataset,
+        inputs=inputs, profiles=profiles, options=options, version=version, model=model,
+    )
+    config.int8_calibrator = create_calibrator(core)
+    if profiles:
+        # TensorRT calibrates at the calibration profile's opt shapes (min/max are set to opt).
+        fixed = [ShapeProfile(p.name, p.opt, p.opt, p.opt) for p in profiles]
+        if not config.set_calibration_profile(nw.make_profile(trt, builder, fixed)):
+            core.close()
+            raise QuantError(
+                f"TensorRT rejected the calibration profile {[p.text for p in fixed]}: "
+                f"{logger.last_error() or 'see the TensorRT messages above'}"
             )
-        shape = tuple(None if d < 0 else d for d in dims(t.shape))
-        specs.append(TensorSpec(t.name, shape, np.dtype(trt.nptype(t.dtype))))
-    return specs
-
-
-def _configure(config: tensorrt.IBuilderConfig, options: EngineBuildOptions, plan: BuildPlan) -> None:
-    import tensorrt as trt
-
-    for name in plan.flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    for name in plan.clear_flags:
-        flag = getattr(trt.BuilderFlag, name, None)
-        if flag is not None:
-            config.clear_flag(flag)
-    if options.workspace_mb is not None:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_mb) << 20)
-    if options.optimization_level is not None:
-        config.builder_optimization_level = int(options.optimization_level)
-    # Layer names, types, precisions and tactics in the engine, for `quant inspect`.
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-
-
-def _attach_timing_cache(config: tensorrt.IBuilderConfig, path: Path | None) -> Path | None:
-    """Load (or start) the timing cache file; the caller saves it after the build."""
-    if path is None:
-        return None
-    data = b""
-    if path.exists():
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"--timing-cache '{path}': cannot read it ({exc.strerror or exc})") from exc
-    cache = config.create_timing_cache(data)
-    if not config.set_timing_cache(cache, False):
-        log.warning(
-            "timing cache '%s' was made by another TensorRT version or GPU; starting a new one", path
-        )
-        config.set_timing_cache(config.create_timing_cache(b""), False)
-    elif data:
-        log.info("using timing cache '%s'", path)
-    return path
-
-
-def _profile(builder: tensorrt.Builder, profiles: Sequence[ShapeProfile]) -> tensorrt.IOptimizationProfile:
-    import tensorrt as trt
-
-    profile = builder.create_optimization_profile()
-    for p in profiles:
-        profile.set_shape(p.name, trt.Dims(list(p.min)), trt.Dims(list(p.opt)), trt.Dims(list(p.max)))
-    return profile
+    return core, messages
 
 
 def _calibrator_core(
@@ -736,6 +719,7 @@ def _calibrator_core(
 
 
 def _apply_dynamic_ranges(
+    trt: ModuleType,
     network: tensorrt.INetworkDefinition,
     amax: Mapping[str, float],
     *,
@@ -746,10 +730,8 @@ def _apply_dynamic_ranges(
 
     Returns (number set, float activations without a range, messages). Missing ranges make
     TensorRT run those layers in FP16/FP32; cache entries that are not network tensors are
-    ignored. Both fail with ``strict``.
+    ignored. Both fail with ``strict``. TensorRT 8.6-10.x only.
     """
-    import tensorrt as trt
-
     tensors: dict[str, tensorrt.ITensor] = {}
     for i in range(network.num_inputs):
         t = network.get_input(i)
@@ -809,4 +791,4 @@ def _cache_of_engine(plan: BuildPlan, core: CalibratorCore | None, loaded: Loade
     return None
 
 
-__all__ = ["BuildPlan", "EngineBuildResult", "build_engine", "has_qdq", "load_plugins", "plan_build"]
+__all__ = ["BuildPlan", "EngineBuildResult", "build_engine", "has_qdq", "local_gpu_problem", "plan_build"]

@@ -337,15 +337,13 @@ def render_engine_inspection(info: EngineInspection, *, max_layers: int | None =
 def inspect_engine(
     path: str | Path, *, device: int = 0, plugins: Sequence[str | Path] | None = None
 ) -> EngineInspection:
-    """Deserialize the engine at ``path`` and describe its layers with TensorRT's engine inspector."""
-    from quant.backends.tensorrt import import_tensorrt
-
-    import_tensorrt()
-    import tensorrt as trt
-
+    """Deserialize the engine at ``path`` and describe its layers with TensorRT's engine inspector
+    (with the flavour, TensorRT or TensorRT-RTX, that its sidecar records)."""
     from quant.backends.tensorrt.runner import load_engine
 
     loaded = load_engine(path, device=device, plugins=plugins)
+    trt = loaded.trt
+    assert trt is not None
     inspector = loaded.engine.create_engine_inspector()
     if inspector is None:
         raise ModelError(f"TensorRT could not create an engine inspector for '{path}'")

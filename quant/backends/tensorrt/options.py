@@ -238,6 +238,8 @@ class EngineBuildOptions:
       tensors with ``dynamic_range``, cache entries that are not network tensors).
     - ``exclude``: node names or op types kept in float when quant inserts Q/DQ (TensorRT 11).
     - ``device``: CUDA device index.
+    - ``compute_capabilities``: TensorRT-RTX only: the target GPUs (``("8.9", "12.0")``, or
+      ``("current",)`` for this machine's GPU); () keeps TensorRT-RTX's default set.
     """
 
     precision: Precision = "int8"
@@ -253,6 +255,7 @@ class EngineBuildOptions:
     strict: bool = False
     exclude: tuple[str, ...] = ()
     device: int = 0
+    compute_capabilities: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -278,6 +281,12 @@ class EngineBuildOptions:
             raise UsageError(f"--optimization-level must be 0 to 5, got {self.optimization_level!r}")
         if isinstance(self.device, bool) or self.device < 0:
             raise UsageError(f"--device must be a CUDA device index >= 0, got {self.device!r}")
+        from quant.backends.tensorrt.flavors import parse_compute_capabilities
+
+        if tuple(parse_compute_capabilities(",".join(self.compute_capabilities))) != tuple(self.compute_capabilities):
+            raise UsageError(
+                f"compute capabilities must be written like 8.9 or current, got {list(self.compute_capabilities)}"
+            )
         seen: set[str] = set()
         for prof in self.shapes:
             if prof.name in seen:
@@ -299,6 +308,7 @@ class EngineBuildOptions:
             "strict": self.strict,
             "exclude": list(self.exclude),
             "device": self.device,
+            "compute_capabilities": list(self.compute_capabilities),
         }
 
     @classmethod
@@ -306,6 +316,7 @@ class EngineBuildOptions:
         known = {
             "precision", "allow_fp16", "dynamic_range", "calibrator", "workspace_mb", "timing_cache",
             "optimization_level", "shapes", "plugins", "force_cache", "strict", "exclude", "device",
+            "compute_capabilities",
         }
         unknown = sorted(set(d) - known)
         if unknown:
@@ -326,6 +337,7 @@ class EngineBuildOptions:
                 strict=bool(d.get("strict", False)),
                 exclude=tuple(str(x) for x in d.get("exclude", ())),
                 device=int(d.get("device", 0)),
+                compute_capabilities=tuple(str(x) for x in d.get("compute_capabilities", ())),
             )
         except (TypeError, ValueError) as exc:
             raise UsageError(f"engine build options are malformed ({exc})") from exc

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,8 +31,8 @@ from quant.errors import DataError, ModelError, QuantError, UsageError
 if TYPE_CHECKING:
     import tensorrt
 
-    from quant.backends.tensorrt._trt import LoggingBridge
     from quant.backends.tensorrt.cuda import DeviceBuffer, Event, Stream
+    from quant.backends.tensorrt.network import LoggingBridge
     from quant.backends.tensorrt.sidecar import EngineSidecar
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class LoadedEngine:
     runtime: tensorrt.Runtime
     logger: LoggingBridge
     sidecar: EngineSidecar | None
+    trt: ModuleType | None = None  # the module that loaded it (tensorrt or tensorrt_rtx)
 
 
 def load_engine(
@@ -63,21 +64,19 @@ def load_engine(
 ) -> LoadedEngine:
     """Deserialize ``engine_path`` after checking its sidecar against this TensorRT and GPU.
 
-    ``plugins``: plugin libraries to load first; None loads those the sidecar's build options
-    name (when they exist). ModelError for a missing / foreign / corrupt engine.
+    The flavour (TensorRT or TensorRT-RTX) is the one the sidecar records (TensorRT without a
+    sidecar). ``plugins``: plugin libraries to load first; None loads those the sidecar's build
+    options name (when they exist). ModelError for a missing / foreign / corrupt engine.
     """
-    from quant.backends.tensorrt import import_tensorrt
-
-    import_tensorrt()
-    import tensorrt as trt
-
-    from quant.backends.tensorrt import _trt
     from quant.backends.tensorrt import cuda as cu
-    from quant.backends.tensorrt.builder import load_plugins
+    from quant.backends.tensorrt import network as nw
+    from quant.backends.tensorrt.flavors import import_flavor
     from quant.backends.tensorrt.sidecar import check_engine_compatible, read_engine_sidecar
-    from quant.backends.tensorrt.versions import TrtVersion
 
     path = Path(engine_path)
+    sidecar = read_engine_sidecar(path) if path.is_file() else None
+    trt, caps = import_flavor("tensorrt" if sidecar is None else sidecar.trt_flavor)
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -87,8 +86,7 @@ def load_engine(
     except OSError as exc:
         raise ModelError(f"engine '{path}': cannot read it ({exc.strerror or exc})") from exc
     cu.set_device(device)
-    version = TrtVersion.parse(trt.__version__)
-    sidecar = read_engine_sidecar(path)
+    version = caps.version
     if sidecar is None:
         log.warning(
             "engine '%s' has no sidecar '%s.json': cannot check it was built with this TensorRT and GPU",
@@ -96,21 +94,22 @@ def load_engine(
             path.name,
         )
     elif check_sidecar:
-        check_engine_compatible(sidecar, engine=path, trt_version=str(version), gpu=cu.device_info(device))
+        check_engine_compatible(
+            sidecar, engine=path, trt_version=str(version), gpu=cu.device_info(device), trt_flavor=caps.flavor.name
+        )
     if plugins is None:
         listed = [] if sidecar is None else [Path(p) for p in sidecar.build_options.get("plugins") or ()]
         plugins = [p for p in listed if p.is_file()]
-    logger = _trt.make_logger()
-    load_plugins(logger, [Path(p) for p in plugins])
+    logger = nw.make_logger(trt)
+    nw.load_plugins(trt, logger, [Path(p) for p in plugins])
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise ModelError(
-            f"TensorRT {version} cannot load engine '{path}' ({logger.last_error() or 'not an engine?'}); "
-            f"engines only load with the TensorRT version and GPU that built them: rebuild it with "
-            f"'quant build --backend tensorrt'"
+            f"{caps.describe} cannot load engine '{path}' ({logger.last_error() or 'not an engine?'}); "
+            f"{caps.engine_compatibility_hint}: rebuild it with 'quant build --backend {caps.flavor.name}'"
         )
-    return LoadedEngine(path=path, engine=engine, runtime=runtime, logger=logger, sidecar=sidecar)
+    return LoadedEngine(path=path, engine=engine, runtime=runtime, logger=logger, sidecar=sidecar, trt=trt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,11 +265,10 @@ class TrtRunner:
 
     def _bind(self) -> None:
         """Read the I/O tensors, allocate buffers at the max shapes, bind the addresses."""
-        import tensorrt as trt
-
         from quant.backends.tensorrt import cuda as cu
 
-        assert self._loaded is not None
+        assert self._loaded is not None and self._loaded.trt is not None
+        trt = self._loaded.trt
         engine = self._loaded.engine
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
@@ -326,9 +324,9 @@ class TrtRunner:
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the engine on ``feed`` (input name -> array); outputs by name, as new arrays."""
-        import tensorrt as trt
-
         context = self.context
+        assert self._loaded is not None and self._loaded.trt is not None
+        trt = self._loaded.trt
         assert self._stream is not None and self._start is not None and self._end is not None
         missing = [n for n in self._inputs if n not in feed]
         extra = [n for n in feed if n not in self._inputs]

@@ -1,9 +1,11 @@
 """``model.engine.json``: what an engine was built with and for (pure checks + small I/O).
 
 A TensorRT engine runs only with the TensorRT version that built it and on the GPU model it was
-built for (calibration caches are portable; engines are not). The sidecar records the TensorRT
-version, the GPU name and compute capability, the precision, the build options and fingerprints
-of the model and cache, so that loading an engine elsewhere fails with a message that says why
+built for (calibration caches are portable; engines are not). A TensorRT-RTX engine runs with the
+TensorRT-RTX version that built it, on GPUs of its target compute capabilities. The sidecar
+records the TensorRT flavour (``tensorrt`` / ``tensorrt-rtx``) and version, the GPU name and
+compute capability (TensorRT) or the target compute capabilities (TensorRT-RTX), the precision,
+the build options, the engine's size and build time, and fingerprints of the model and cache, so that loading an engine elsewhere fails with a message that says why
 and what to do, instead of TensorRT's deserialization error.
 """
 
@@ -21,7 +23,9 @@ from quant._io import atomic_write, check_schema_header
 from quant.errors import ModelError
 
 ENGINE_SIDECAR_SCHEMA = "quant.engine-sidecar"
-ENGINE_SIDECAR_VERSION = 1
+ENGINE_SIDECAR_VERSION = 2
+# Version 2 added trt_flavor, compute_capabilities, engine_bytes and build_seconds; a version-1
+# sidecar reads as a TensorRT (not TensorRT-RTX) engine.
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,20 @@ class EngineSidecar:
     build_options: dict[str, Any] = field(default_factory=dict)
     messages: tuple[str, ...] = ()
     quant_version: str = ""
+    trt_flavor: str = "tensorrt"
+    compute_capabilities: tuple[str, ...] = ()
+    engine_bytes: int | None = None
+    build_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": ENGINE_SIDECAR_SCHEMA,
             "schema_version": ENGINE_SIDECAR_VERSION,
+            "trt_flavor": self.trt_flavor,
             "trt_version": self.trt_version,
+            "compute_capabilities": list(self.compute_capabilities),
+            "engine_bytes": self.engine_bytes,
+            "build_seconds": self.build_seconds,
             "gpu": self.gpu.to_dict(),
             "precision": self.precision,
             "mode": self.mode,
@@ -103,6 +115,10 @@ class EngineSidecar:
                 build_options=dict(d.get("build_options") or {}),
                 messages=tuple(str(m) for m in d.get("messages") or ()),
                 quant_version=str(d.get("quant_version", "")),
+                trt_flavor=str(d.get("trt_flavor", "tensorrt")),
+                compute_capabilities=tuple(str(c) for c in d.get("compute_capabilities") or ()),
+                engine_bytes=None if d.get("engine_bytes") is None else int(d["engine_bytes"]),
+                build_seconds=None if d.get("build_seconds") is None else float(d["build_seconds"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"'{source}' is malformed ({exc!r}); rebuild the engine") from exc
@@ -160,21 +176,56 @@ def _same_trt(a: str, b: str) -> bool:
     return not (va.build and vb.build and va.build != vb.build)
 
 
+def rtx_runs_on(sidecar: EngineSidecar, compute_capability: str) -> bool:
+    """Whether a TensorRT-RTX engine of ``sidecar`` loads on a GPU of ``compute_capability``: one
+    of its targets, or (default targets) one of the capabilities TensorRT-RTX engines run on."""
+    from quant.backends.tensorrt.flavors import RTX_RUNTIME_COMPUTE_CAPABILITIES
+
+    targets = [c for c in sidecar.compute_capabilities if c != "current"]
+    if targets:
+        return compute_capability in targets
+    if "current" in sidecar.compute_capabilities:
+        return True  # built for the building machine's GPU: TensorRT-RTX checks it when loading
+    return compute_capability in RTX_RUNTIME_COMPUTE_CAPABILITIES
+
+
 def check_engine_compatible(
-    sidecar: EngineSidecar, *, engine: str | os.PathLike[str], trt_version: str, gpu: GpuInfo
+    sidecar: EngineSidecar,
+    *,
+    engine: str | os.PathLike[str],
+    trt_version: str,
+    gpu: GpuInfo,
+    trt_flavor: str = "tensorrt",
 ) -> None:
-    """ModelError when the engine was built with another TensorRT version or for another GPU."""
+    """ModelError when the engine was built by another TensorRT flavour or version, or for another
+    GPU (TensorRT) / for compute capabilities that exclude this GPU (TensorRT-RTX)."""
+    label = {"tensorrt": "TensorRT", "tensorrt-rtx": "TensorRT-RTX"}
     problems: list[str] = []
-    if not _same_trt(sidecar.trt_version, trt_version):
-        problems.append(f"TensorRT {sidecar.trt_version} (this machine has {trt_version})")
-    if sidecar.gpu.compute_capability != gpu.compute_capability or sidecar.gpu.name != gpu.name:
+    if sidecar.trt_flavor != trt_flavor:
+        problems.append(f"{label.get(sidecar.trt_flavor, sidecar.trt_flavor)} (this is {label.get(trt_flavor, trt_flavor)})")
+    elif not _same_trt(sidecar.trt_version, trt_version):
+        problems.append(f"{label.get(trt_flavor, trt_flavor)} {sidecar.trt_version} (this machine has {trt_version})")
+    if sidecar.trt_flavor == "tensorrt-rtx":
+        if not rtx_runs_on(sidecar, gpu.compute_capability):
+            targets = ", ".join(sidecar.compute_capabilities) or "TensorRT-RTX's default set"
+            problems.append(f"compute capabilities {targets} (this machine has {gpu.describe()})")
+    elif sidecar.gpu.compute_capability != gpu.compute_capability or sidecar.gpu.name != gpu.name:
         problems.append(f"GPU {sidecar.gpu.describe()} (this machine has {gpu.describe()})")
     if problems:
         cache = f" --cache {sidecar.cache}" if sidecar.cache else ""
+        if sidecar.trt_flavor == "tensorrt-rtx":
+            fix = (
+                f"rebuild it with 'quant build {sidecar.model}{cache} --backend tensorrt-rtx "
+                f"--compute-capability {gpu.compute_capability}' (any machine can build it)"
+            )
+        else:
+            fix = (
+                f"rebuild it here with 'quant build {sidecar.model}{cache} --backend tensorrt "
+                f"--precision {sidecar.precision}'"
+            )
         raise ModelError(
-            f"engine '{engine}' was built for {' and '.join(problems)}; TensorRT engines are not "
-            f"portable across TensorRT versions or GPUs (calibration caches are): rebuild it here with "
-            f"'quant build {sidecar.model}{cache} --backend tensorrt --precision {sidecar.precision}'"
+            f"engine '{engine}' was built for {' and '.join(problems)}; engines are not portable across "
+            f"TensorRT versions or GPUs (calibration caches are): {fix}"
         )
 
 
@@ -184,6 +235,7 @@ __all__ = [
     "EngineSidecar",
     "GpuInfo",
     "check_engine_compatible",
+    "rtx_runs_on",
     "engine_sidecar_path",
     "read_engine_sidecar",
     "sha256_file",

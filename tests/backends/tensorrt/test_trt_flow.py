@@ -396,7 +396,7 @@ def test_unknown_op_names_the_node_and_suggests_plugins(fake_trt: FakeTrt, tmp_p
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
-    with pytest.raises(ModelError, match=r"TensorRT cannot parse '.*custom.onnx': node 0 \(fancy0\): No importer registered .*--plugins lib.so"):
+    with pytest.raises(ModelError, match=r"TensorRT cannot parse '.*custom.onnx': node 'fancy0': No importer registered .*--plugins lib.so"):
         build_engine(_save(model, tmp_path / "custom.onnx"), output=tmp_path / "c.engine",
                      options=EngineBuildOptions(precision="fp32"))
 

@@ -53,7 +53,7 @@ def test_roundtrip(tmp_path: Path) -> None:
     path = write_engine_sidecar(engine, side)
     assert path == tmp_path / "model.engine.json"
     doc = json.loads(path.read_text())
-    assert doc["schema"] == ENGINE_SIDECAR_SCHEMA and doc["schema_version"] == 1
+    assert doc["schema"] == ENGINE_SIDECAR_SCHEMA and doc["schema_version"] == 2
     assert doc["gpu"] == {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "memory_mb": 81559}
     assert read_engine_sidecar(engine) == side
 
