@@ -141,8 +141,13 @@ class EvalOptions:
     threads: int | None = None
     classifier_output: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    cpu: str = "auto"  # the CPU class int8-ort is built for (quant/backends/cpu.py)
 
     def __post_init__(self) -> None:
+        from quant.backends.cpu import CPU_CHOICES
+
+        if self.cpu not in CPU_CHOICES:
+            raise UsageError(f"--cpu must be one of {', '.join(CPU_CHOICES)}, got {self.cpu!r}")
         unknown = [p for p in self.precisions if p not in PRECISIONS]
         if unknown:
             raise UsageError(

@@ -57,14 +57,13 @@ FLOAT_KERNELS = frozenset(
 )
 
 
-def kernel_counts(model_path: Path, work: Path) -> dict[str, Any]:
+def kernel_counts(model_path: Path, work: Path, *, exact: bool = False) -> dict[str, Any]:
     """Integer vs float Conv/MatMul/Gemm kernels in the graph ONNX Runtime runs for ``model_path``."""
     import onnx
     import onnxruntime as ort
 
-    out = work / (model_path.stem + ".optimized.onnx")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    out = work / (model_path.stem + (".exact" if exact else "") + ".optimized.onnx")
+    options = _session_options(exact=exact)
     options.optimized_model_filepath = str(out)
     ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     ops = Counter(n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node)
@@ -104,12 +103,15 @@ def build_models(name: str, args: argparse.Namespace, work: Path) -> dict[str, P
     )
     models = {"fp32": fp32}
     for label, options in (
-        ("int8-ort", BuildOptions(precision="int8", target="onnxruntime")),
+        ("int8-ort", BuildOptions(precision="int8", target="onnxruntime", cpu="vnni")),
+        ("int8-ort-u8", BuildOptions(precision="int8", target="onnxruntime", cpu="avx2")),
         ("int8-trt", BuildOptions(precision="int8", target="tensorrt")),
     ):
         out = work / f"{name}.{label}.onnx"
         api.build(str(fp32), output=out, cache=cache, options=options)
         models[label] = out
+    # The TensorRT placement as quant evaluates it: Q/DQ as float maths (exact on every CPU).
+    models["int8-trt-exact"] = models["int8-trt"]
     if args.fp16:
         out = work / f"{name}.fp16.onnx"
         api.build(str(fp32), output=out, options=BuildOptions(precision="fp16"))
@@ -166,6 +168,25 @@ def _ort_own_qdq(fp32: Path, data: Path, work: Path) -> Path:
     return out
 
 
+#: Models run with Q/DQ as float maths (quant.backends.onnxruntime.EXACT_INT8_SESSION_CONFIG).
+EXACT = frozenset({"int8-trt-exact"})
+
+
+def _session_options(*, exact: bool) -> Any:
+    """The same session options for every model; ``exact`` adds the config that keeps Q/DQ unfused."""
+    import onnxruntime as ort
+
+    from quant.backends.onnxruntime import EXACT_INT8_SESSION_CONFIG
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = len(os.sched_getaffinity(0))
+    if exact:
+        for key, value in EXACT_INT8_SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
+    return options
+
+
 def measure(
     models: dict[str, Path], name: str, args: argparse.Namespace
 ) -> dict[str, dict[int, dict[str, float]]]:
@@ -173,11 +194,8 @@ def measure(
     import onnx
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
     sessions = {
-        k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
+        k: ort.InferenceSession(str(p), _session_options(exact=k in EXACT), providers=["CPUExecutionProvider"])
         for k, p in models.items()
     }
     sample_model = onnx.load(str(models["fp32"]), load_external_data=False)
@@ -269,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.models:
             print(f"\n== {name} ==", flush=True)
             models = build_models(name, args, work)
-            kernels = {k: kernel_counts(v, work) for k, v in models.items()}
+            kernels = {k: kernel_counts(v, work, exact=k in EXACT) for k, v in models.items()}
             throughput = measure(models, name, args)
             results["models"].append({"model": name, "kernels": kernels, "throughput": throughput})
     finally:

@@ -8,6 +8,7 @@ import click
 
 from quant.cli.options import (
     COMMA_LIST,
+    cpu_option,
     data_options,
     echo,
     flatten,
@@ -39,6 +40,7 @@ Examples:
 @click.option("--target", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
               help="tensorrt: Q/DQ placed as TensorRT explicit quantization expects (what eval's int8 runs). "
               "onnxruntime: laid out for ONNX Runtime's CPU integer kernels.")
+@cpu_option()
 @click.option("--exclude", multiple=True, type=COMMA_LIST, metavar="NAMES",
               help="Node names or op types (wildcards allowed) kept in float. Repeatable or comma-separated.")
 @click.option("--strict", is_flag=True, help="Fail (instead of warning) on a stale cache or on tensors the cache lacks.")
@@ -65,6 +67,7 @@ def build_command(
     cache: Path | None,
     precision: str,
     target: str,
+    cpu: str,
     exclude: tuple[tuple[str, ...], ...],
     strict: bool,
     output: Path,
@@ -109,7 +112,7 @@ def build_command(
                           preprocess=preprocess, on_bad_image=on_bad_image, workers=workers))
         return
 
-    opts = BuildOptions(precision=precision, target=target, exclude=flatten(exclude), strict=strict)  # type: ignore[arg-type]
+    opts = BuildOptions(precision=precision, target=target, exclude=flatten(exclude), strict=strict, cpu=cpu)  # type: ignore[arg-type]
     fallback = FallbackOptions(
         accuracy_budget=accuracy_budget,
         min_sqnr=min_sqnr,

@@ -8,6 +8,7 @@ import click
 
 from quant.cli.options import (
     COMMA_LIST,
+    cpu_option,
     data_options,
     echo,
     flatten,
@@ -39,6 +40,7 @@ Examples:
 @click.option("--exclude", multiple=True, type=COMMA_LIST, metavar="NAMES", help="Node names or op types kept in float.")
 @click.option("--report", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write report.json here.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@cpu_option()
 @click.option("--layers", is_flag=True,
               help="Also measure each INT8 layer's error against FP32 (first 64 samples) and keep the worst "
               "layers' activation histograms (needs --cache or --int8-model); shown by 'quant report -o'.")
@@ -66,6 +68,7 @@ def eval_command(
     exclude: tuple[tuple[str, ...], ...],
     report: Path | None,
     threads: int | None,
+    cpu: str,
     layers: bool,
     backend: str,
     engine_dir: Path | None,
@@ -84,7 +87,7 @@ def eval_command(
     from quant.config import EvalOptions, parse_precisions
     from quant.report.table import render_table
 
-    opts = EvalOptions(precisions=parse_precisions(precisions), threads=threads)
+    opts = EvalOptions(precisions=parse_precisions(precisions), threads=threads, cpu=cpu)
     data_opts = make_data_options(
         data, max_samples=max_samples, seed=seed, batch_size=batch_size,
         preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,

@@ -115,6 +115,19 @@ def method_options() -> Callable[[F], F]:
     )
 
 
+def cpu_option() -> Callable[[F], F]:
+    """``--cpu``: the CPU class the ONNX Runtime deployment form (``--target onnxruntime``,
+    precision ``int8-ort``) is built for."""
+    from quant.backends.cpu import CPU_CHOICES
+
+    return click.option(
+        "--cpu", type=click.Choice(CPU_CHOICES), default="auto", show_default=True,
+        help="CPU class of the ONNX Runtime INT8 form: vnni (x86 with AVX-512 VNNI / AVX-VNNI / AMX) and arm "
+        "get signed INT8 weights; avx2 (x86 without VNNI) gets unsigned weights with zero point 128, the same "
+        "grid, which its integer kernels compute without 16-bit saturation. auto: this machine's class.",
+    )
+
+
 def progress_option() -> Callable[[F], F]:
     return click.option(
         "--progress/--no-progress",

@@ -9,6 +9,7 @@ import click
 
 from quant.cli.options import (
     COMMA_LIST,
+    cpu_option,
     data_options,
     echo,
     flatten,
@@ -36,6 +37,7 @@ Examples:
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @method_options()
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, metavar="LIST")
+@cpu_option()
 @click.option("--exclude", multiple=True, type=COMMA_LIST, metavar="NAMES", help="Node names or op types kept in float.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: runs/<model name>).")
@@ -58,6 +60,7 @@ def run_command(
     trt_version: str | None,
     scope: str,
     precisions: str,
+    cpu: str,
     exclude: tuple[tuple[str, ...], ...],
     out: Path | None,
     force: bool,
@@ -93,8 +96,8 @@ def run_command(
         calib_data=calib,
         eval_data=evald,
         calibration=CalibrationOptions(method=method, percentile=percentile, scope=scope, trt_version=trt_version),  # type: ignore[arg-type]
-        build_options=BuildOptions(exclude=flatten(exclude)),
-        eval_options=EvalOptions(precisions=parse_precisions(precisions)),
+        build_options=BuildOptions(exclude=flatten(exclude), cpu=cpu),
+        eval_options=EvalOptions(precisions=parse_precisions(precisions), cpu=cpu),
         force=force,
         progress=want_progress(progress),
         command=["quant", *sys.argv[1:]],

@@ -44,6 +44,8 @@ class BuildOutcome:
     cache_internal: tuple[str, ...] = ()  # TensorRT-internal cache entries (never in an ONNX model)
     fallback: Any = None  # quant.sensitivity.FallbackResult when built with an accuracy budget
     fallback_path: Path | None = None  # the fallback file (--exclude-from reads it)
+    cpu: str | None = None  # the CPU class an onnxruntime-target model was built for
+    weight_type: str | None = None  # its weights' storage type (uint8 for x86 without VNNI)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -57,6 +59,7 @@ class BuildOutcome:
             "cache_unknown": list(self.cache_unknown),
             "cache_internal": list(self.cache_internal),
             "warnings": list(self.warnings),
+            **({"cpu": self.cpu, "weight_type": self.weight_type} if self.cpu else {}),
         }
 
 
@@ -101,7 +104,8 @@ def build(
             prepared = with_node_names(prepared)  # exclusions match names: see build_with_fallback
         loaded, warnings = load_cache_for_model(cache, prepared, strict=options.strict)
         built, fields = build_int8_model(
-            prepared, loaded, target=options.target, exclude=options.exclude, strict=options.strict
+            prepared, loaded, target=options.target, exclude=options.exclude, strict=options.strict,
+            cpu=options.cpu,
         )
     elif options.precision == "fp16":
         from quant.graph.fp16 import to_fp16

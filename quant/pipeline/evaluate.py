@@ -3,6 +3,7 @@ Runtime and returns the report."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ from quant.pipeline.layers import with_layer_sections
 from quant.pipeline.prepare import data_file, effective_batch_size, open_data, prepare_model, sidecar_of
 from quant.pipeline.quantize import precision_models
 from quant.pipeline.report import make_report
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import onnx
@@ -59,17 +62,27 @@ def evaluate(
         models, build_info = prebuilt
     else:
         models, build_info = precision_models(
-            prepared, options.precisions, cache=cache, int8_model=int8_model, exclude=exclude
+            prepared, options.precisions, cache=cache, int8_model=int8_model, exclude=exclude, cpu=options.cpu
         )
     batch_size = effective_batch_size(prepared.inputs, data.batch_size)
     from quant.backends.onnxruntime import OrtRunner
+    from quant.pipeline.arithmetic import cpu_mismatch, describe, int8_mode
 
     threads = options.threads
     # Errors name the user's model file (and the precision), not the ONNX graph's internal name.
     runner_names = {id(m): f"{prepared.name} ({p})" if p != "fp32" else prepared.name for p, m in models.items()}
+    # int8-ort runs ONNX Runtime's fused integer kernels (what the deployed CPU model does); every
+    # other precision, int8 included, computes Q/DQ exactly (TensorRT's arithmetic on every CPU).
+    modes = {id(m): int8_mode(p) for p, m in models.items()}
+    arithmetic = {p: d for p, m in models.items() if (d := describe(p, m)) is not None}
+    for p, m in models.items():
+        mismatch = cpu_mismatch(p, m)
+        if mismatch:
+            log.warning("%s", mismatch)
 
     def runner_factory(m: Any) -> Any:
-        return OrtRunner(m, threads=threads, name=runner_names.get(id(m), prepared.name))
+        return OrtRunner(m, threads=threads, name=runner_names.get(id(m), prepared.name),
+                         int8=modes.get(id(m), "exact"))
 
     result = run_eval(
         models,
@@ -88,6 +101,7 @@ def evaluate(
         build_info=build_info,
         command=command,
         calibration=calibration,
+        int8_arithmetic=arithmetic,
     )
     if layers:
         rep = with_layer_sections(

@@ -59,12 +59,26 @@ def build_int8_model(
     target: str = "tensorrt",
     exclude: Sequence[str] = (),
     strict: bool = False,
+    cpu: str = "auto",
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
-    """Insert Q/DQ from the cache's ranges into the cleaned model (in memory)."""
+    """Insert Q/DQ from the cache's ranges into the cleaned model (in memory).
+
+    The ``onnxruntime`` target is built for CPU class ``cpu`` (``auto``: this machine's; see
+    quant/backends/cpu.py), recorded in the model's metadata and in the returned fields."""
+    from quant.backends.cpu import resolve_cpu, weight_type_for
     from quant.cache.io import check_cache_against_model
     from quant.graph.qdq import calibration_tensors, insert_qdq, quantizable_inputs
+    from quant.pipeline.arithmetic import stamp_cpu
 
-    res = insert_qdq(prepared.clean, loaded.amax, target=target, exclude=tuple(exclude))
+    cpu_fields: dict[str, Any] = {}
+    weight_type = "int8"
+    if target == "onnxruntime":
+        cpu_class = resolve_cpu(cpu)
+        weight_type = weight_type_for(cpu_class)
+        cpu_fields = {"cpu": cpu_class, "weight_type": weight_type}
+    res = insert_qdq(prepared.clean, loaded.amax, target=target, exclude=tuple(exclude), weight_type=weight_type)
+    if cpu_fields:
+        stamp_cpu(res.model, cpu_fields["cpu"], weight_type)
     match = check_cache_against_model(loaded, calibration_tensors(prepared.clean, scope="all"))
     wanted = set(quantizable_inputs(prepared.clean, exclude=tuple(exclude)))
     missing = tuple(sorted(t for t in wanted if t not in loaded.amax))
@@ -80,6 +94,7 @@ def build_int8_model(
         "cache_missing": missing,
         "cache_unknown": match.unknown,
         "cache_internal": match.internal,
+        **cpu_fields,
     }
 
 
@@ -91,8 +106,10 @@ def precision_models(
     int8_model: str | Path | None = None,
     exclude: Sequence[str] = (),
     strict: bool = False,
+    cpu: str = "auto",
 ) -> tuple[dict[str, onnx.ModelProto], dict[str, Any]]:
-    """The ModelProto to evaluate for each precision, plus build info for the report."""
+    """The ModelProto to evaluate for each precision, plus build info for the report (``cpu``: the
+    CPU class ``int8-ort`` is built for)."""
     from quant.graph.load import load_model
 
     models: dict[str, onnx.ModelProto] = {}
@@ -117,7 +134,9 @@ def precision_models(
                 loaded, warnings = load_cache_for_model(cache, prepared, strict=strict)
                 for w in warnings:
                     log.warning("%s", w)
-            models[p], fields = build_int8_model(prepared, loaded, target=target, exclude=exclude, strict=strict)
+            models[p], fields = build_int8_model(
+                prepared, loaded, target=target, exclude=exclude, strict=strict, cpu=cpu
+            )
             build_info[p] = {
                 "target": target,
                 "quantized_tensors": len(fields["quantized_tensors"]),
@@ -125,6 +144,7 @@ def precision_models(
                 "skipped": fields["skipped"],
                 "cache_missing": list(fields["cache_missing"]),
                 "excluded": list(exclude),
+                **{k: fields[k] for k in ("cpu", "weight_type") if k in fields},
             }
     if "fp32" not in models:
         # Agreement and fidelity are measured against FP32: always run it as the reference.

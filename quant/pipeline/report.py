@@ -25,8 +25,10 @@ def make_report(
     build_info: dict[str, Any],
     command: Sequence[str] | None,
     calibration: CalibrateOutcome | None = None,
+    int8_arithmetic: dict[str, str] | None = None,
 ) -> Report:
-    """Assemble a Report from result objects (the report never runs models)."""
+    """Assemble a Report from result objects (the report never runs models); ``int8_arithmetic``
+    says per INT8 precision which arithmetic produced it (quant.pipeline.arithmetic.describe)."""
     from quant import __version__
     from quant.report.schema import SCHEMA_VERSION, Report, amax_summary, environment_info
 
@@ -67,7 +69,7 @@ def make_report(
         calibration=calib_section,
         build=build_info or None,
         evaluation=result.to_dict(),
-        environment=environment_info(),
+        environment=environment_info(int8_arithmetic),
         extra={},
     )
 

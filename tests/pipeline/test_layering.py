@@ -15,14 +15,15 @@ PIPELINE = ROOT / "quant" / "pipeline"
 # module -> (pipeline modules it may import at run time, extra ones it may import for types only)
 ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "prepare": (set(), set()),
+    "arithmetic": (set(), set()),
     "staleness": ({"prepare"}, set()),
     "calibrate": ({"prepare", "staleness"}, set()),
-    "quantize": ({"prepare", "staleness"}, set()),
+    "quantize": ({"prepare", "staleness", "arithmetic"}, set()),
     "build": ({"prepare", "quantize"}, set()),
     "sensitivity": ({"prepare", "quantize"}, set()),
     "report": ({"prepare"}, {"calibrate"}),
     "layers": ({"prepare", "quantize"}, set()),
-    "evaluate": ({"prepare", "quantize", "report", "layers"}, {"calibrate"}),
+    "evaluate": ({"prepare", "arithmetic", "quantize", "report", "layers"}, {"calibrate"}),
     "run": ({"prepare", "calibrate", "quantize", "evaluate"}, set()),
     "tensorrt": ({"prepare", "report"}, set()),
 }
