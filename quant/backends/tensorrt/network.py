@@ -40,8 +40,9 @@ log = logging.getLogger("quant.backends.tensorrt")
 
 
 class LoggingBridge:
-    """Forward TensorRT's messages to ``logging`` (errors and warnings as such, info and verbose as
-    debug) and remember the last errors for exception messages. :func:`make_logger` mixes this
+    """Forward TensorRT's messages to ``logging`` (warnings as warnings; errors, info and verbose
+    as debug) and remember the last errors: every TensorRT error ends up in the one-line message
+    of the exception quant raises, so it is not printed a second time (``--verbose`` shows all). :func:`make_logger` mixes this
     into the module's ``ILogger``."""
 
     errors: deque[str]
@@ -52,7 +53,7 @@ class LoggingBridge:
     def _forward(self, severity: Any, msg: str, sev: Any) -> None:
         if severity in (sev.INTERNAL_ERROR, sev.ERROR):
             self.errors.append(msg)
-            log.error("TensorRT: %s", msg)
+            log.debug("TensorRT error: %s", msg)
         elif severity == sev.WARNING:
             log.warning("TensorRT: %s", msg)
         elif log.isEnabledFor(logging.DEBUG):
@@ -159,6 +160,27 @@ def parser_message(caps: Capabilities, parser: tensorrt.OnnxParser, model: str |
     return f"{caps.flavor.label} cannot parse '{model}': {text}{hint}"
 
 
+def parse_onnx_unchecked(
+    trt: ModuleType,
+    caps: Capabilities,
+    builder: tensorrt.Builder,
+    logger: LoggingBridge,
+    *,
+    model_path: Path,
+    onnx_bytes: bytes | None,
+    strongly_typed: bool,
+) -> tuple[tensorrt.INetworkDefinition, tensorrt.OnnxParser, bool]:
+    """Create the network and parse the model into it (from the file, or from ``onnx_bytes`` when
+    quant rewrote it). Returns (network, parser, parsed); the parser keeps its errors."""
+    network = builder.create_network(network_flags(trt, caps, strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if onnx_bytes is None:
+        ok = parser.parse_from_file(str(model_path))
+    else:
+        ok = parser.parse(onnx_bytes, str(model_path))
+    return network, parser, bool(ok)
+
+
 def parse_onnx(
     trt: ModuleType,
     caps: Capabilities,
@@ -169,14 +191,10 @@ def parse_onnx(
     onnx_bytes: bytes | None,
     strongly_typed: bool,
 ) -> tuple[tensorrt.INetworkDefinition, tensorrt.OnnxParser]:
-    """Create the network and parse the model into it (from the file, or from ``onnx_bytes`` when
-    quant rewrote it). Returns (network, parser); ModelError naming the node when parsing fails."""
-    network = builder.create_network(network_flags(trt, caps, strongly_typed))
-    parser = trt.OnnxParser(network, logger)
-    if onnx_bytes is None:
-        ok = parser.parse_from_file(str(model_path))
-    else:
-        ok = parser.parse(onnx_bytes, str(model_path))
+    """:func:`parse_onnx_unchecked`, with ModelError naming the node when parsing fails."""
+    network, parser, ok = parse_onnx_unchecked(
+        trt, caps, builder, logger, model_path=model_path, onnx_bytes=onnx_bytes, strongly_typed=strongly_typed
+    )
     if not ok:
         raise ModelError(parser_message(caps, parser, model_path, logger))
     return network, parser
@@ -396,6 +414,7 @@ __all__ = [
     "network_inputs",
     "network_view",
     "parse_onnx",
+    "parse_onnx_unchecked",
     "parser_errors",
     "parser_message",
     "render_network_view",

@@ -128,6 +128,11 @@ def parse_shape_spec(spec: str) -> ShapeProfile:
     return ShapeProfile(name, lo, mid, hi)
 
 
+def _fmt_dynamic(shape: Sequence[object]) -> str:
+    """``(None, 3, None, None)`` -> ``?x3x?x?``."""
+    return "x".join("?" if _is_dynamic(d) else str(d) for d in shape)
+
+
 def _is_dynamic(dim: object) -> bool:
     return not (isinstance(dim, int) and not isinstance(dim, bool) and dim > 0)
 
@@ -171,7 +176,7 @@ def resolve_profiles(
         if prof is None:
             if dynamic:
                 raise UsageError(
-                    f"input '{spec.name}' has a dynamic shape ({'x'.join(str(d) for d in spec.shape)}); "
+                    f"input '{spec.name}' has a dynamic shape ({_fmt_dynamic(spec.shape)}); "
                     f"TensorRT needs its min/opt/max, e.g. {_suggest(spec)}"
                 )
             continue
