@@ -174,3 +174,142 @@ def saturating_u8s8_matmul(x_q: np.ndarray, w_q: np.ndarray) -> np.ndarray:
     pairs = prod[:, 0::2, :] + prod[:, 1::2, :]
     pairs = np.clip(pairs, -32768, 32767)
     return pairs.sum(axis=1) - 128 * w.sum(axis=0)
+
+
+# --- real models: onnx's own reference evaluator for every op, integer sums for the quantized ones ---
+
+_REF_DOMAIN = "quant.int8_reference"
+
+
+def _int_matmul_like(node: onnx.NodeProto, xq: np.ndarray, wq: np.ndarray) -> np.ndarray:
+    a = {k: v for k, v in _attrs(node).items()}
+    if node.op_type == "Gemm":
+        xq = xq.T if a.get("transA", 0) else xq
+        wq = wq.T if a.get("transB", 0) else wq
+    return np.matmul(xq, wq)
+
+
+def _make_ops() -> list[type]:
+    from onnx.reference.op_run import OpRun
+
+    class IntConv(OpRun):  # type: ignore[misc]
+        """Conv of two dequantized inputs: integer sums (int64), then x scale * w scale, + bias."""
+
+        op_domain = _REF_DOMAIN
+
+        def _run(self, xq, xs, xz, wq, ws, wz, b=None, pads=None, strides=None, dilations=None,  # type: ignore[no-untyped-def]
+                 group=None, w_axis=None, auto_pad=None, kernel_shape=None):
+            if auto_pad not in (None, "NOTSET", b"NOTSET"):
+                raise NotImplementedError("int8 reference: Conv auto_pad")
+            nd = wq.ndim - 2
+            if nd != 2:
+                raise NotImplementedError("int8 reference: only 2-D Conv")
+            x = xq.astype(np.int64) - np.asarray(xz, np.int64)
+            w = wq.astype(np.int64) - _channel_scale(np.asarray(wz, np.int64), 0, wq.ndim)
+            acc = _int_conv(x, w, pads=list(pads or [0] * 4), strides=list(strides or [1, 1]),
+                            dilations=list(dilations or [1, 1]), group=int(group or 1))
+            scale = float(xs) * np.asarray(ws, np.float64).reshape(-1)
+            y = acc.astype(np.float64) * scale.reshape(1, -1, 1, 1)
+            if b is not None:
+                y = y + np.asarray(b, np.float64).reshape(1, -1, 1, 1)
+            return (y.astype(np.float32),)
+
+    class IntMatMul(OpRun):  # type: ignore[misc]
+        """MatMul / Gemm of two dequantized inputs: integer sums, then the scales (and Gemm's bias)."""
+
+        op_domain = _REF_DOMAIN
+
+        def _run(self, xq, xs, xz, wq, ws, wz, c=None, transA=None, transB=None, alpha=None, beta=None,  # type: ignore[no-untyped-def]  # noqa: N803
+                 w_axis=None, gemm=None):
+            x = xq.astype(np.int64) - np.asarray(xz, np.int64)
+            ws = np.asarray(ws, np.float64)
+            wz = np.asarray(wz, np.int64)
+            axis = int(w_axis) if w_axis is not None and ws.ndim else None
+            w = wq.astype(np.int64) - _channel_scale(wz, axis, wq.ndim)
+            if gemm:
+                x = x.T if transA else x
+                w = w.T if transB else w
+                axis = None if axis is None else (1 - axis if transB else axis)
+            acc = np.matmul(x, w)
+            w_scale = ws.reshape(-1) if ws.ndim and ws.size > 1 else ws.reshape(())
+            y = acc.astype(np.float64) * (float(xs) * w_scale)
+            if gemm:
+                y = y * (1.0 if alpha is None else float(alpha))
+                if c is not None:
+                    y = y + (1.0 if beta is None else float(beta)) * np.asarray(c, np.float64)
+            return (y.astype(np.float32),)
+
+    class RefQuantize(OpRun):  # type: ignore[misc]
+        """QuantizeLinear (ONNX's definition: round half to even, saturate; any opset)."""
+
+        op_domain = _REF_DOMAIN
+
+        def _run(self, x, scale, zero=None, axis=None, saturate=None, block_size=None, output_dtype=None):  # type: ignore[no-untyped-def]
+            zero = np.zeros((), np.uint8) if zero is None else np.asarray(zero)
+            scale = np.asarray(scale)
+            q = _quantize(np.asarray(x, np.float64), scale, zero, int(1 if axis is None else axis) if scale.ndim else None)
+            return (q.astype(zero.dtype),)
+
+    class RefDequantize(OpRun):  # type: ignore[misc]
+        """DequantizeLinear (any opset)."""
+
+        op_domain = _REF_DOMAIN
+
+        def _run(self, q, scale, zero=None, axis=None, block_size=None, output_dtype=None):  # type: ignore[no-untyped-def]
+            scale = np.asarray(scale, np.float64)
+            ax = int(1 if axis is None else axis) if scale.ndim else None
+            z = np.zeros((), np.int64) if zero is None else np.asarray(zero, np.int64)
+            q64 = np.asarray(q).astype(np.int64) - _channel_scale(z, ax, np.asarray(q).ndim)
+            return ((q64 * _channel_scale(scale, ax, q64.ndim)).astype(np.float32),)
+
+    return [IntConv, IntMatMul, RefQuantize, RefDequantize]
+
+
+def with_integer_ops(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy of Q/DQ ``model`` where each Conv / MatMul / Gemm whose activation and weight both
+    come from DequantizeLinear reads the integers and scales instead (reference ops above), and
+    the number of ops replaced."""
+    from onnx import helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    dq = {n.output[0]: n for n in out.graph.node if n.op_type == "DequantizeLinear"}
+    replaced = 0
+    nodes = []
+    for node in out.graph.node:
+        if node.op_type in ("Conv", "MatMul", "Gemm") and node.input[0] in dq and node.input[1] in dq:
+            xd, wd = dq[node.input[0]], dq[node.input[1]]
+            if len(xd.input) < 3 or len(wd.input) < 3:
+                nodes.append(node)
+                continue
+            w_axis = next((a.i for a in wd.attribute if a.name == "axis"), 1)
+            ins = [*xd.input, *wd.input] + ([node.input[2]] if len(node.input) > 2 and node.input[2] else [])
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if node.op_type == "Conv":
+                new = helper.make_node("IntConv", ins, list(node.output), domain=_REF_DOMAIN, w_axis=w_axis, **attrs)
+            else:
+                new = helper.make_node("IntMatMul", ins, list(node.output), domain=_REF_DOMAIN, w_axis=w_axis,
+                                       gemm=int(node.op_type == "Gemm"), **attrs)
+            nodes.append(new)
+            replaced += 1
+        elif node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in ("", "ai.onnx"):
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            op = "RefQuantize" if node.op_type == "QuantizeLinear" else "RefDequantize"
+            nodes.append(helper.make_node(op, list(node.input), list(node.output), domain=_REF_DOMAIN, **attrs))
+        else:
+            nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    out.opset_import.append(helper.make_opsetid(_REF_DOMAIN, 1))
+    return out, replaced
+
+
+def run_reference_model(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of any Q/DQ ``model`` with onnx's reference evaluator, integer sums for the quantized
+    Conv / MatMul / Gemm (slow: for verification scripts and small models)."""
+    from onnx.reference import ReferenceEvaluator
+
+    ref_model, _ = with_integer_ops(model)
+    sess = ReferenceEvaluator(ref_model, new_ops=_make_ops())
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, sess.run(names, feed), strict=True))
