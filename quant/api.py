@@ -43,7 +43,12 @@ from quant.pipeline.report import make_report
 from quant.pipeline.run import RunOutcome, run
 from quant.pipeline.sensitivity import SensitivityOutcome, sensitivity
 from quant.pipeline.staleness import data_manifest
-from quant.pipeline.tensorrt import build_tensorrt_engine, evaluate_tensorrt
+from quant.pipeline.tensorrt import (
+    build_tensorrt_engine,
+    check_tensorrt,
+    evaluate_tensorrt,
+    inspect_tensorrt_network,
+)
 
 __all__ = [
     # models and data (quant.pipeline.prepare, .staleness)
@@ -81,5 +86,7 @@ __all__ = [
     "run",
     # TensorRT (quant.pipeline.tensorrt)
     "build_tensorrt_engine",
+    "check_tensorrt",
     "evaluate_tensorrt",
+    "inspect_tensorrt_network",
 ]

@@ -31,6 +31,9 @@ Examples:
   quant build model.onnx --cache model.cache --data val/ --accuracy-budget 0.5 -o model.int8.onnx
   quant build model.onnx --cache model.cache --data val.npz --min-sqnr 25 -o model.int8.onnx
   quant build model.onnx --cache model.cache --exclude-from model.int8.onnx.fallback.json -o again.int8.onnx
+  quant build model.onnx --cache model.cache -o model.int8.onnx --check-trt
+  quant build model.onnx --cache model.cache --backend tensorrt-rtx -o model.engine
+  quant build model.int8.onnx --backend tensorrt-rtx --compute-capability 8.9,12.0 -o model.engine
 """,
 )
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
@@ -56,9 +59,15 @@ Examples:
               help="Also exclude the layers listed in FILE (a .fallback.json written by --accuracy-budget).")
 @click.option("--fallback-report", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="Where the fallback steps and exclusions go [default: OUTPUT.fallback.json].")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]), default="onnxruntime",
+              show_default=True,
               help="onnxruntime: write an ONNX model. tensorrt: build a TensorRT engine (-o model.engine) "
-              "with the options below; needs pip install 'quant[tensorrt]' and an NVIDIA GPU.")
+              "with the options below; needs pip install 'quant[tensorrt]' and an NVIDIA GPU. tensorrt-rtx: "
+              "build a TensorRT-RTX engine for RTX GPUs on any machine, no GPU needed "
+              "(pip install 'quant[tensorrt-rtx]').")
+@click.option("--check-trt", is_flag=True,
+              help="--target tensorrt: verify the written Q/DQ model with NVIDIA's real ONNX parser and builder "
+              "(TensorRT-RTX where installed, no GPU needed; else TensorRT); no engine is written.")
 @trt_build_options()
 @progress_option()
 @verbose_option()
@@ -83,6 +92,7 @@ def build_command(
     exclude_from: Path | None,
     fallback_report: Path | None,
     backend: str,
+    check_trt: bool,
     trt_options: TrtCliOptions,
     progress: bool | None,
 ) -> None:
@@ -104,13 +114,22 @@ def build_command(
     from quant.config import BuildOptions, FallbackOptions
     from quant.errors import QuantError
 
-    if backend == "tensorrt":
+    if backend in ("tensorrt", "tensorrt-rtx"):
+        if check_trt:
+            raise click.UsageError("--check-trt checks an ONNX model; with --backend tensorrt(-rtx) the engine build is the check")
+        if accuracy_budget is not None or min_sqnr is not None:
+            raise click.UsageError(
+                "--accuracy-budget / --min-sqnr run in ONNX Runtime: build the ONNX model first, then the engine "
+                "with --exclude-from its .fallback.json"
+            )
         _build_engine(model, output=output, cache=cache, precision=precision, strict=strict,
-                      exclude=flatten(exclude), trt_options=trt_options,
+                      exclude=flatten(exclude), trt_options=trt_options, flavor=backend, exclude_from=exclude_from,
                       data=None if data is None else make_data_options(
                           data, max_samples=max_samples, seed=seed, batch_size=batch_size,
                           preprocess=preprocess, on_bad_image=on_bad_image, workers=workers))
         return
+    if check_trt and target != "tensorrt":
+        raise click.UsageError("--check-trt checks the TensorRT placement; drop --target onnxruntime")
 
     opts = BuildOptions(precision=precision, target=target, exclude=flatten(exclude), strict=strict, cpu=cpu)  # type: ignore[arg-type]
     fallback = FallbackOptions(
@@ -155,6 +174,15 @@ def build_command(
             f"budget not met ({outcome.fallback.budget.describe(outcome.fallback.metric)}): some layers cannot be "
             f"excluded by name; see {outcome.fallback_path}"
         )
+    if check_trt and outcome.precision == "int8":
+        view = api.check_tensorrt(
+            outcome.output, shapes=trt_options.shapes, compute_capabilities=trt_options.compute_capabilities
+        )
+        echo(
+            f"  {view.trt} accepts it: {view.num_layers} network layers ({len(view.quantize_layers)} quantize, "
+            f"{len(view.dequantize_layers)} dequantize), engine of {view.engine_bytes / 1e6:.2f} MB built in "
+            f"{view.build_seconds:.2f} s (not written)"
+        )
 
 
 def _build_engine(
@@ -167,13 +195,22 @@ def _build_engine(
     exclude: tuple[str, ...],
     trt_options: TrtCliOptions,
     data: object,
+    flavor: str = "tensorrt",
+    exclude_from: Path | None = None,
 ) -> None:
-    """quant build --backend tensorrt: a TensorRT engine plus its sidecar."""
+    """quant build --backend tensorrt|tensorrt-rtx: an engine plus its sidecar."""
     from quant import api
 
     opts = trt_options.to_build_options(precision=precision, strict=strict, exclude=exclude)
-    result = api.build_tensorrt_engine(model, output=output, trt_options=opts, cache=cache, data=data)  # type: ignore[arg-type]
-    echo(f"wrote {result.engine} and {result.sidecar} ({result.precision}, {result.mode}, TensorRT {result.trt_version})")
+    result = api.build_tensorrt_engine(
+        model, output=output, trt_options=opts, cache=cache, data=data, flavor=flavor, exclude_from=exclude_from,  # type: ignore[arg-type]
+    )
+    label = "TensorRT-RTX" if result.trt_flavor == "tensorrt-rtx" else "TensorRT"
+    echo(f"wrote {result.engine} and {result.sidecar} ({result.precision}, {result.mode}, {label} {result.trt_version})")
+    if result.trt_flavor == "tensorrt-rtx":
+        targets = ", ".join(result.compute_capabilities) or "TensorRT-RTX's default set"
+        echo(f"  {result.num_layers} network layers, {result.engine_bytes / 1e6:.2f} MB, built in "
+             f"{result.build_seconds:.2f} s for compute capabilities: {targets}")
     if result.cache_reused:
         echo(f"  calibration cache reused: {result.cache}")
     elif result.calibration_batches:

@@ -1,4 +1,4 @@
-"""Click options for TensorRT engine builds and runs (``quant build/eval --backend tensorrt``).
+"""Click options for TensorRT engine builds and runs (``quant build/eval --backend tensorrt|tensorrt-rtx``).
 
 Usage in a command::
 
@@ -53,6 +53,25 @@ class ShapesType(click.ParamType):
 SHAPES = ShapesType()
 
 
+class ComputeCapabilitiesType(click.ParamType):
+    """``8.9,12.0`` / ``sm89,sm120`` / ``current``."""
+
+    name = "LIST"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        from quant.backends.tensorrt.flavors import parse_compute_capabilities
+
+        try:
+            return parse_compute_capabilities(str(value))
+        except UsageError as exc:
+            self.fail(str(exc).removeprefix("--compute-capability: "), param, ctx)
+
+
+COMPUTE_CAPABILITIES = ComputeCapabilitiesType()
+
+
 @dataclass(frozen=True)
 class TrtCliOptions:
     """The values of the options :func:`trt_build_options` (and :func:`trt_runtime_options`) add."""
@@ -67,6 +86,7 @@ class TrtCliOptions:
     plugins: tuple[Path, ...] = ()
     force_cache: bool = False
     device: int = 0
+    compute_capabilities: tuple[str, ...] = ()
     warmup: int = 3
 
     def to_build_options(
@@ -89,6 +109,7 @@ class TrtCliOptions:
             strict=strict,
             exclude=tuple(exclude),
             device=self.device,
+            compute_capabilities=self.compute_capabilities,
         )
 
 
@@ -103,6 +124,7 @@ _BUILD_KEYS = (
     "plugins",
     "force_cache",
     "device",
+    "compute_capabilities",
 )
 _RUNTIME_KEYS = ("warmup",)
 
@@ -120,6 +142,7 @@ def _collapse(f: F, keys: Sequence[str]) -> F:
             values = base
         values["shapes"] = tuple(values.get("shapes") or ())
         values["plugins"] = tuple(Path(p) for p in values.get("plugins") or ())
+        values["compute_capabilities"] = tuple(values.get("compute_capabilities") or ())
         kwargs["trt_options"] = TrtCliOptions(**values)
         return f(*args, **kwargs)
 
@@ -188,6 +211,15 @@ def trt_build_options() -> Callable[[F], F]:
             help="Plugin library (.so) for custom layers, loaded before parsing. Repeatable.",
         ),
         click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index."),
+        click.option(
+            "--compute-capability",
+            "compute_capabilities",
+            type=COMPUTE_CAPABILITIES,
+            default=None,
+            metavar="LIST",
+            help="--backend tensorrt-rtx: the target GPUs, e.g. 8.9,12.0 (any of 7.5, 8.0, 8.6, 8.9, 12.0, 12.1), "
+            "or current (the GPU of this machine; needs one). Default: TensorRT-RTX's portable set.",
+        ),
     ]
 
     def decorate(f: F) -> F:
@@ -215,4 +247,4 @@ def trt_runtime_options() -> Callable[[F], F]:
     return decorate
 
 
-__all__ = ["SHAPES", "ShapesType", "TrtCliOptions", "trt_build_options", "trt_runtime_options"]
+__all__ = ["COMPUTE_CAPABILITIES", "SHAPES", "ComputeCapabilitiesType", "ShapesType", "TrtCliOptions", "trt_build_options", "trt_runtime_options"]

@@ -42,6 +42,7 @@ from quant.backends.tensorrt.options import (
     EngineBuildOptions,
     ShapeProfile,
     calibration_shapes,
+    default_batch_profiles,
     resolve_profiles,
 )
 from quant.backends.tensorrt.sidecar import GpuInfo
@@ -326,7 +327,10 @@ def build_engine(
         raise OutputError(f"cannot write '{output}': directory '{output.parent}' does not exist; create it first")
     version = caps.version
     gpu = _target_gpu(caps, options)
-    log.info("%s for %s", caps.describe, gpu.describe())
+    if caps.builds_without_gpu:
+        log.info("%s: ahead-of-time build for compute capabilities %s", caps.describe, gpu.compute_capability)
+    else:
+        log.info("%s on %s", caps.describe, gpu.describe())
 
     model = load_model(model_path)
     qdq = has_qdq(model)
@@ -358,7 +362,12 @@ def build_engine(
         trt, caps, builder, logger, model_path=model_path, onnx_bytes=onnx_bytes, strongly_typed=plan.strongly_typed
     )
     inputs = nw.network_inputs(trt, network)
-    profiles = resolve_profiles(inputs, options.shapes)
+    shapes, auto = default_batch_profiles(inputs, options.shapes)
+    for p in auto:
+        msg = f"input '{p.name}': only the batch is dynamic, profile {p.text} (give --shapes to choose)"
+        log.info("%s", msg)
+        messages.append(msg)
+    profiles = resolve_profiles(inputs, shapes)
 
     config = builder.create_builder_config()
     nw.configure(

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from quant.backends.base import TensorSpec
 from quant.backends.tensorrt.flavors import flavor_available, import_flavor
 from quant.backends.tensorrt.network import NetworkView
-from quant.backends.tensorrt.options import ShapeProfile, resolve_profiles
+from quant.backends.tensorrt.options import ShapeProfile, default_batch_profiles, resolve_profiles
 from quant.errors import BackendUnavailableError, ModelError, QuantError
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def trt_network_view(
     if not build:
         return view
     inputs = nw.network_inputs(trt, network)
-    shapes, auto = batch_profiles(inputs, shapes)
+    shapes, auto = default_batch_profiles(inputs, shapes)
     profiles = resolve_profiles(inputs, shapes)
     config = builder.create_builder_config()
     nw.configure(trt, config, flags=(), clear_flags=("TF32",), workspace_mb=None, optimization_level=None)
@@ -82,28 +81,10 @@ def trt_network_view(
     if serialized is None:
         detail = " ".join((logger.last_error() or "see the TensorRT messages above (run with --verbose)").split())
         raise QuantError(f"{caps.flavor.label} could not build an engine from '{path}': {detail}")
-    notes = tuple(f"profile {p.text} (only the batch is dynamic: batch 1, 8, 32 assumed)" for p in auto)
+    notes = tuple(f"profile {p.text} (only the batch is dynamic: batch 1, 8, 32 assumed; --shapes to choose)" for p in auto)
     return replace(
         view, built=True, engine_bytes=int(serialized.nbytes), build_seconds=round(seconds, 3), messages=notes
     )
-
-
-def batch_profiles(
-    inputs: Sequence[TensorSpec], shapes: Sequence[ShapeProfile]
-) -> tuple[tuple[ShapeProfile, ...], tuple[ShapeProfile, ...]]:
-    """``shapes`` plus, for the check only, a batch profile 1 / 8 / 32 for each input whose only
-    dynamic dimension is the first and that ``shapes`` does not name. Returns (all, added)."""
-    named = {p.name for p in shapes}
-    added: list[ShapeProfile] = []
-    for spec in inputs:
-        if spec.name in named or not spec.shape or spec.shape[0] is not None:
-            continue
-        rest = spec.shape[1:]
-        if any(d is None for d in rest):
-            continue  # H/W dynamic: resolve_profiles asks for --shapes
-        fixed = tuple(int(d) for d in rest if d is not None)
-        added.append(ShapeProfile(spec.name, (1, *fixed), (8, *fixed), (32, *fixed)))
-    return (*shapes, *added), tuple(added)
 
 
 def check_with_tensorrt(
@@ -136,4 +117,4 @@ def check_with_tensorrt(
     return view
 
 
-__all__ = ["batch_profiles", "check_flavor", "check_with_tensorrt", "trt_network_view"]
+__all__ = ["check_flavor", "check_with_tensorrt", "trt_network_view"]

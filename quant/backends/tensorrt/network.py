@@ -157,6 +157,8 @@ def parser_message(caps: Capabilities, parser: tensorrt.OnnxParser, model: str |
     hint = ""
     if any("plugin" in e.lower() or "no importer" in e.lower() for e in errors):
         hint = "; a custom layer? load its plugin library with --plugins lib.so"
+    elif any("zero point" in e.lower() for e in errors):
+        hint = "; TensorRT's INT8 is symmetric (zero point 0, signed INT8): quantize with quant build"
     return f"{caps.flavor.label} cannot parse '{model}': {text}{hint}"
 
 

@@ -196,6 +196,26 @@ def resolve_profiles(
     return tuple(out)
 
 
+def default_batch_profiles(
+    inputs: Sequence[TensorSpec], shapes: Sequence[ShapeProfile]
+) -> tuple[tuple[ShapeProfile, ...], tuple[ShapeProfile, ...]]:
+    """``shapes`` plus a batch profile 1 / 8 / 32 for each input whose only dynamic dimension is
+    the first (the batch) and that ``shapes`` does not name. Returns (all, added). Inputs with
+    other dynamic dimensions (H, W, sequence) are left to :func:`resolve_profiles`, which asks for
+    ``--shapes``: no size can be guessed for them."""
+    named = {p.name for p in shapes}
+    added: list[ShapeProfile] = []
+    for spec in inputs:
+        if spec.name in named or not spec.shape or spec.shape[0] is not None:
+            continue
+        rest = spec.shape[1:]
+        if any(d is None for d in rest):
+            continue  # H/W dynamic: resolve_profiles asks for --shapes
+        fixed = tuple(int(d) for d in rest if d is not None)
+        added.append(ShapeProfile(spec.name, (1, *fixed), (8, *fixed), (32, *fixed)))
+    return (*shapes, *added), tuple(added)
+
+
 def calibration_shapes(
     inputs: Sequence[TensorSpec], profiles: Sequence[ShapeProfile]
 ) -> dict[str, tuple[int, ...]]:
@@ -357,6 +377,7 @@ __all__ = [
     "Precision",
     "ShapeProfile",
     "calibration_shapes",
+    "default_batch_profiles",
     "parse_shape_spec",
     "resolve_profiles",
 ]

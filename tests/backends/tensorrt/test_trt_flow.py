@@ -414,11 +414,22 @@ def test_plugins(fake_trt: FakeTrt, tmp_path: Path) -> None:
                      options=EngineBuildOptions(precision="fp32", shapes=MLP_SHAPES, plugins=(junk,)))
 
 
-def test_missing_profile_fails_before_building(fake_trt: FakeTrt, tmp_path: Path) -> None:
+def test_dynamic_batch_only_gets_a_default_profile(fake_trt: FakeTrt, tmp_path: Path) -> None:
     fake_trt()
-    with pytest.raises(UsageError, match=r"--shapes input:1x3x16x16,8x3x16x16,32x3x16x16"):
-        build_engine(_save(conv_bn_relu_cnn(), tmp_path / "cnn.onnx"), output=tmp_path / "e.engine",
+    res = build_engine(_save(conv_bn_relu_cnn(), tmp_path / "cnn.onnx"), output=tmp_path / "e.engine",
+                       options=EngineBuildOptions(precision="fp32"))
+    assert any("profile input:1x3x16x16,8x3x16x16,32x3x16x16" in m for m in res.messages)
+
+
+def test_missing_profile_for_dynamic_hw_fails_before_building(fake_trt: FakeTrt, tmp_path: Path) -> None:
+    fake_trt()
+    model = conv_bn_relu_cnn()
+    for i, name in ((2, "H"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[i].dim_param = name
+    with pytest.raises(UsageError, match=r"input 'input' has a dynamic shape \(\?x3x\?x\?\).*--shapes input:1x3x<size>x<size>"):
+        build_engine(_save(model, tmp_path / "cnn.onnx"), output=tmp_path / "e.engine",
                      options=EngineBuildOptions(precision="fp32"))
+    assert not (tmp_path / "e.engine").exists()
 
 
 def test_build_failure_reports_tensorrts_error(fake_trt: FakeTrt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
