@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 # PyTorch for the QAT tests: pinned so pip takes the CPU build available here instead of
 # resolving the newest CUDA build from the index.
 pip install torch==2.13.0
-# quant itself (editable) with the test and qat extras.
-pip install -e ".[test,qat]"
+# quant itself (editable) with the test, qat and tensorrt-rtx extras. TensorRT-RTX (real wheels
+# on PyPI, ~90 MB) is NVIDIA's ONNX parser and builder, which run here without a GPU: the
+# tensorrt_rtx-marked tests build real engines from quant's Q/DQ models in every CI run.
+pip install -e ".[test,qat,tensorrt-rtx]"
 # Type stubs of the TensorRT 10.x API for the mypy check of the TensorRT backend. The stubs
 # package declares a dependency on tensorrt itself, which is only on NVIDIA's index: --no-deps.
 pip install --no-deps "tensorrt-stubs>=10.0"

@@ -44,9 +44,12 @@ Examples:
 @click.option("--layers", is_flag=True,
               help="Also measure each INT8 layer's error against FP32 (first 64 samples) and keep the worst "
               "layers' activation histograms (needs --cache or --int8-model); shown by 'quant report -o'.")
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True,
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]), default="onnxruntime",
+              show_default=True,
               help="tensorrt: build one TensorRT engine per precision (into --engine-dir) and evaluate the "
-              "engines on the GPU; needs pip install 'quant[tensorrt]' and an NVIDIA GPU.")
+              "engines on the GPU; needs pip install 'quant[tensorrt]' and an NVIDIA GPU. tensorrt-rtx: the same "
+              "with TensorRT-RTX (pip install 'quant[tensorrt-rtx]'), on a GPU of compute capability 8.0, 8.6, "
+              "8.9, 12.0 or 12.1.")
 @click.option("--engine-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where --backend tensorrt writes its engines (default: engines/ next to MODEL).")
 @trt_build_options()
@@ -92,14 +95,14 @@ def eval_command(
         data, max_samples=max_samples, seed=seed, batch_size=batch_size,
         preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,
     )
-    if backend == "tensorrt":
+    if backend in ("tensorrt", "tensorrt-rtx"):
         if int8_model is not None or layers or exclude:
-            raise click.UsageError("--int8-model, --layers and --exclude are ONNX Runtime options; drop them with --backend tensorrt")
+            raise click.UsageError(f"--int8-model, --layers and --exclude are ONNX Runtime options; drop them with --backend {backend}")
         rep = api.evaluate_tensorrt(
             model, data_opts, trt_options=trt_options.to_build_options(precision="fp32"),
             engine_dir=engine_dir or model.parent / "engines", cache=cache, options=opts,
             warmup=trt_options.warmup, report=report, progress=want_progress(progress),
-            command=["quant", *sys.argv[1:]],
+            command=["quant", *sys.argv[1:]], flavor=backend,
         )
         echo(render_table(rep))
         return

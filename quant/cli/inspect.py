@@ -18,6 +18,7 @@ Examples:
   quant inspect cache calibration.json      # ONNX Runtime tables too (.json, .flatbuffers, .cache)
   quant inspect model.cache.stats.npz       # saved histograms: samples, fingerprints, per-tensor range
   quant inspect model.int8.onnx             # which nodes run INT8, orphan Q/DQ pairs
+  quant inspect model.int8.onnx --trt       # TensorRT's parser: layers by type, Q/DQ layers, refusals
   quant inspect model.engine                # per-layer precision (needs TensorRT)
 """,
 )
@@ -25,8 +26,11 @@ Examples:
 @click.option("--sort", type=click.Choice(["file", "name", "amax"]), default="file", show_default=True,
               help="Order of the cache's amax table.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--trt", "with_trt", is_flag=True,
+              help="ONNX models: show TensorRT's view instead (NVIDIA's ONNX parser; TensorRT-RTX where "
+              "installed, no GPU needed): layers by type, Q/DQ layers, what the parser refused (exit 1).")
 @verbose_option()
-def inspect_command(args: tuple[str, ...], sort: str, as_json: bool) -> None:
+def inspect_command(args: tuple[str, ...], sort: str, as_json: bool, with_trt: bool) -> None:
     """Describe PATH: a calibration cache (TensorRT, quant or ONNX Runtime format), a statistics
     file, an ONNX model, or an engine. The kind is taken from the suffix unless given first."""
     import json
@@ -41,6 +45,18 @@ def inspect_command(args: tuple[str, ...], sort: str, as_json: bool) -> None:
 
         info = inspect_engine(path)
         echo(json.dumps(info.to_dict(), indent=2) if as_json else render_engine_inspection(info))
+        return
+    if with_trt and not (kind == "model" or (kind is None and suffix == ".onnx")):
+        raise click.UsageError("--trt applies to ONNX models (quant inspect model.onnx --trt)")
+    if with_trt:
+        from quant import api
+        from quant.backends.tensorrt.network import render_network_view
+        from quant.errors import ModelError
+
+        net = api.inspect_tensorrt_network(path)
+        echo(json.dumps(net.to_dict(), indent=2) if as_json else render_network_view(net))
+        if not net.parsed:
+            raise ModelError(f"{net.trt} cannot parse '{path}': {net.parser_errors[0]}")
         return
     if kind == "model" or (kind is None and suffix == ".onnx"):
         from quant.graph.inspect import precision_view, render_precision_view

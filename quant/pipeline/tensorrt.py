@@ -156,7 +156,7 @@ def _require_rtx_gpu(device: int) -> None:
     engine is built)."""
     from quant.backends.tensorrt import cuda as cu
     from quant.backends.tensorrt.flavors import RTX_RUNTIME_COMPUTE_CAPABILITIES
-    from quant.errors import QuantError
+    from quant.errors import BackendUnavailableError, QuantError
 
     supported = ", ".join(RTX_RUNTIME_COMPUTE_CAPABILITIES)
     hint = (
@@ -166,7 +166,12 @@ def _require_rtx_gpu(device: int) -> None:
     try:
         cu.set_device(device)
         gpu = cu.device_info(device)
+    except BackendUnavailableError as exc:
+        raise UsageError(
+            f"quant eval --backend tensorrt-rtx runs the engines here, which needs cuda-python "
+            f"(pip install 'cuda-python>=12.0') and an NVIDIA GPU; {hint}"
+        ) from exc
     except QuantError as exc:
-        raise UsageError(f"quant eval --backend tensorrt-rtx needs an NVIDIA GPU here ({exc}); {hint}") from exc
+        raise UsageError(f"quant eval --backend tensorrt-rtx found no usable NVIDIA GPU here ({exc}); {hint}") from exc
     if gpu.compute_capability not in RTX_RUNTIME_COMPUTE_CAPABILITIES:
         raise UsageError(f"this machine's GPU {gpu.describe()} cannot run TensorRT-RTX engines; {hint}")
