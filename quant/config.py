@@ -11,12 +11,12 @@ from typing import Literal
 
 from quant.errors import UsageError
 
-Method = Literal["entropy", "minmax", "percentile", "mse"]
+Method = Literal["entropy", "minmax", "percentile", "mse", "auto"]
 Scope = Literal["all", "qdq"]
 Target = Literal["tensorrt", "onnxruntime"]
 OnBadImage = Literal["fail", "skip"]
 
-METHODS: tuple[str, ...] = ("entropy", "minmax", "percentile", "mse")
+METHODS: tuple[str, ...] = ("entropy", "minmax", "percentile", "mse", "auto")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-ort")
 
 
@@ -51,19 +51,27 @@ class DataOptions:
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    """How activation ranges are computed and how the cache is written."""
+    """How activation ranges are computed and how the cache is written.
+
+    ``method="auto"`` picks a method per tensor by the measured fidelity of the model's outputs on
+    held-out calibration samples (docs/CALIBRATION.md); ``auto_budget`` bounds that search in
+    forward passes over the calibration set, ``auto_seed`` seeds the held-out split."""
 
     method: Method = "entropy"
     percentile: float = 99.99
     num_bins: int = 2048
     scope: Scope = "all"
     trt_version: str | None = None  # e.g. "10.3" or "8.6"; None = quant's default TensorRT 10 header
+    auto_budget: float = 4.0
+    auto_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if not 0.0 < self.percentile <= 100.0:
             raise UsageError(f"--percentile must be in (0, 100], got {self.percentile}")
+        if not self.auto_budget > 0 or self.auto_budget == float("inf"):
+            raise UsageError(f"--auto-budget must be a positive number of forward passes, got {self.auto_budget}")
         if self.scope not in ("all", "qdq"):
             raise UsageError(f"--scope must be 'all' or 'qdq', got {self.scope!r}")
 

@@ -156,6 +156,13 @@ class LoadedCache:
         cal = self.sidecar.get("calibration")
         return cal if isinstance(cal, dict) else None
 
+    @property
+    def auto(self) -> dict[str, Any] | None:
+        """The ``--method auto`` record of the sidecar (per tensor the chosen method, the score of
+        every candidate), or None."""
+        record = (self.calibration or {}).get("auto")
+        return record if isinstance(record, dict) else None
+
     def _cal(self, key: str) -> Any:
         cal = self.calibration
         return None if cal is None else cal.get(key)

@@ -58,8 +58,10 @@ CACHE_FORMATS: tuple[str, ...] = (
 # calibrator of the header's algorithm (another one ignores or rejects it), and quant's TensorRT
 # backend serves every histogram method (entropy, percentile, mse) through an IInt8EntropyCalibrator2
 # that returns the cache from read_calibration_cache(); so percentile and mse caches must say
-# EntropyCalibration2 to be accepted. The sidecar keeps the true method.
+# EntropyCalibration2 to be accepted. The sidecar keeps the true method. ``auto`` mixes methods per
+# tensor (its ranges are not any one TensorRT calibrator's), so it takes the default calibrator's.
 _METHOD_ALGORITHM = {
+    "auto": "EntropyCalibration2",
     "entropy": "EntropyCalibration2",
     "percentile": "EntropyCalibration2",
     "mse": "EntropyCalibration2",

@@ -16,7 +16,10 @@ from quant.pipeline.staleness import data_manifest, fingerprint_changes, stale_r
 
 if TYPE_CHECKING:
     from quant.cache.io import LoadedCache
+    from quant.calibrators.auto import AutoRecord
     from quant.calibrators.result import CalibrationResult
+    from quant.calibrators.stats import StatsCollector
+    from quant.datasets.base import Dataset
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class CalibrateOutcome:
     stats_path: Path | None = None
     action: str = "calibrated"
     stale_reasons: tuple[str, ...] = ()
+    auto: dict[str, Any] | None = None  # the --method auto record (quant.calibrators.auto.AutoRecord)
 
     @property
     def ran_model(self) -> bool:
@@ -60,6 +64,7 @@ class CalibrateOutcome:
             "method": self.result.method,
             "num_samples": self.result.num_samples,
             "tensors": len(self.result.amax),
+            **({"auto": self.auto} if self.auto is not None else {}),
         }
 
 
@@ -106,7 +111,12 @@ def calibrate(
     for written in (cache_path, sidecar_path(cache_path), stats_file):
         check_output_not_input(written, prepared.path, data_file(data))
     trt_version = encode_trt_version(options.trt_version) if options.trt_version else DEFAULT_TRT_VERSION
-    config = CalibConfig(method=options.method, percentile=options.percentile, num_bins=options.num_bins)
+    auto = options.method == "auto"
+    config: Any = (
+        AutoConfig(num_bins=options.num_bins, budget=options.auto_budget, seed=options.auto_seed)
+        if auto
+        else CalibConfig(method=options.method, percentile=options.percentile, num_bins=options.num_bins)
+    )
     dataset = open_data(prepared, data)
     # Hashing the data (77 MB of .npz for 128 ImageNet samples: 0.2 s) runs while the stage
     # sessions are built (ORT's session set-up leaves the other cores idle); only a cache or
@@ -120,7 +130,10 @@ def calibrate(
             "INT8 calibration needs float tensors: is the model integer-only or already quantized?"
         )
 
-    def outcome(result: CalibrationResult, message: str, action: str, stats: Path | None, side: Path) -> CalibrateOutcome:
+    def outcome(
+        result: CalibrationResult, message: str, action: str, stats: Path | None, side: Path,
+        auto_record: dict[str, Any] | None = None,
+    ) -> CalibrateOutcome:
         return CalibrateOutcome(
             result=result,
             cache_path=cache_path,
@@ -132,6 +145,7 @@ def calibrate(
             stats_path=stats,
             action=action,
             stale_reasons=tuple(reasons),
+            auto=auto_record,
         )
 
     reasons: list[str] = []
@@ -151,9 +165,17 @@ def calibrate(
 
                     _cache, side = write_cache(cache_path, dict(loaded.calibration or {}), trt_version=trt_version)
                     message += f"; rewrote its header for TensorRT {decode_trt_version(trt_version)}"
-                return outcome(reused, message, "reused", stats_file if stats_file.exists() else None, side)
+                record = loaded.auto if auto else None
+                return outcome(
+                    reused, message, "reused", stats_file if stats_file.exists() else None, side,
+                    record if isinstance(record, dict) else None,
+                )
             prefix = f"cache '{cache_path}' not reused ({'; '.join(reasons)}); "
-        stats, meta, why = _usable_stats(stats_file, prepared, data_fp.result, manifest, tensors, config)
+        # auto scores on samples that did not make the statistics; the saved statistics hold every
+        # sample, so auto collects again (the held-out split's statistics are kept apart)
+        stats, meta, why = (
+            (None, None, None) if auto else _usable_stats(stats_file, prepared, data_fp.result, manifest, tensors, config)
+        )
         if stats is not None and meta is not None:
             result = CalibrationResult.from_ranges(
                 compute_amax(stats, config),
@@ -177,25 +199,36 @@ def calibrate(
             prefix = f"{why}; "
 
     batch_size = effective_batch_size(prepared.inputs, data.batch_size)
-    result, collector = run_calibration(
-        prepared.clean,
-        dataset,
-        tensors,
-        config,
-        batch_size=batch_size,
-        progress=progress,
-        model_fingerprint=prepared.fingerprint.to_dict(),
-        data_fingerprint=data_fp.result,
-        scope=options.scope,
-        model_name=prepared.name,
-    )
+    if auto:
+        result, collector, auto_rec = _auto_calibration(
+            prepared, dataset, tensors, config, batch_size=batch_size, progress=progress,
+            data_fingerprint=data_fp.result, scope=options.scope,
+        )
+        extra: dict[str, Any] = {"data_manifest": manifest, "auto": auto_rec.to_dict()}
+        total_samples = auto_rec.statistics_samples + auto_rec.held_out
+    else:
+        result, collector = run_calibration(
+            prepared.clean,
+            dataset,
+            tensors,
+            config,
+            batch_size=batch_size,
+            progress=progress,
+            model_fingerprint=prepared.fingerprint.to_dict(),
+            data_fingerprint=data_fp.result,
+            scope=options.scope,
+            model_name=prepared.name,
+        )
+        extra = {"data_manifest": manifest}
+        total_samples = result.num_samples
+        auto_rec = None
     # The three files are one set: all are replaced, or (error, Ctrl-C) none; see commit_together.
     with commit_together():
         saved_stats = save_stats(
             stats_file,
             collector.stats(),
             {
-                "num_samples": result.num_samples,
+                "num_samples": total_samples,
                 "model_fingerprint": prepared.fingerprint.to_dict(),
                 "data_fingerprint": result.data_fingerprint,
                 "data_manifest": manifest,
@@ -203,14 +236,147 @@ def calibrate(
                 "quant_version": result.quant_version,
             },
         )
-        _cache, side = write_cache(
-            cache_path, {**result.to_dict(), "data_manifest": manifest}, trt_version=trt_version
-        )
+        _cache, side = write_cache(cache_path, {**result.to_dict(), **extra}, trt_version=trt_version)
     summary = dataset.summary().to_dict()
     msg = f"{prefix}calibrated {len(result.amax)} tensors on {result.num_samples} samples with {options.method}"
+    if auto_rec is not None:
+        msg += _auto_message(auto_rec)
     if summary.get("num_skipped"):
         msg += f" ({summary['num_skipped']} bad images skipped)"
-    return outcome(result, msg, "calibrated", saved_stats, side)
+    return outcome(result, msg, "calibrated", saved_stats, side, extra.get("auto"))
+
+
+@dataclass(frozen=True)
+class AutoConfig:
+    """``--method auto``'s parameters, shaped like CalibConfig where the reuse check reads it."""
+
+    num_bins: int = 2048
+    budget: float = 4.0
+    seed: int = 0
+    method: str = "auto"
+
+    def params(self) -> dict[str, Any]:
+        from quant.calibrators.auto import auto_params
+
+        return auto_params(num_bins=self.num_bins, budget=self.budget, seed=self.seed)
+
+
+def _fixed_batch(prepared: PreparedModel) -> int | None:
+    fixed = {s.shape[0] for s in prepared.inputs if s.shape and isinstance(s.shape[0], int) and s.shape[0] > 0}
+    return next(iter(fixed)) if len(fixed) == 1 else None
+
+
+def _auto_search(
+    prepared: PreparedModel,
+    stats: Mapping[str, Any],
+    scoring: Dataset,
+    config: AutoConfig,
+    *,
+    batch_size: int,
+    calibration_samples: int,
+    scoring_data: str,
+) -> tuple[dict[str, float | None], AutoRecord]:
+    """Score the candidates on ``scoring`` and search per tensor (quant.calibrators.auto)."""
+    from quant.calibrators.auto import (
+        CANDIDATES,
+        AutoRecord,
+        OutputScorer,
+        candidate_ranges,
+        choose_amax,
+        collect_feeds,
+        plan_search,
+        search,
+    )
+
+    start = time.perf_counter()
+    table = candidate_ranges(stats, CANDIDATES)
+    feeds = collect_feeds(scoring, batch_size)
+    with OutputScorer(prepared.clean, table["minmax"], feeds) as scorer:
+        plan = plan_search(
+            num_tensors=len(scorer.quantized),
+            num_candidates=len(CANDIDATES),
+            calibration_samples=calibration_samples,
+            held_out=scorer.samples,
+            budget=config.budget,
+        )
+        found = search(table, scorer.quantized, scorer, plan=plan)
+        forwards = scorer.forwards
+        held = scorer.samples
+    choice = {t: found.choice.get(t, found.best_single) for t in stats}
+    record = AutoRecord(
+        choice=choice,
+        candidates=tuple(c.to_dict() for c in CANDIDATES),
+        scores=found.scores,
+        best_single=found.best_single,
+        score=found.score,
+        searched=len(found.choice),
+        evaluations=found.evaluations,
+        plan=plan,
+        held_out=held,
+        statistics_samples=calibration_samples - held if scoring_data == "held-out" else calibration_samples,
+        seed=config.seed,
+        steps=found.steps,
+        scoring_data=scoring_data,
+        seconds=round(time.perf_counter() - start, 3),
+        cost={
+            "sample_forwards": forwards,
+            "calibration_samples": calibration_samples,
+            "passes": round(forwards / calibration_samples, 3),
+        },
+    )
+    return choose_amax(table, choice, found.best_single), record
+
+
+def _auto_calibration(
+    prepared: PreparedModel,
+    dataset: Dataset,
+    tensors: Sequence[str],
+    config: AutoConfig,
+    *,
+    batch_size: int,
+    progress: bool,
+    data_fingerprint: Callable[[], str],
+    scope: str,
+) -> tuple[CalibrationResult, StatsCollector, AutoRecord]:
+    """``--method auto`` on ``dataset``: statistics from one seeded part, scoring on the held-out
+    rest (its statistics are collected too, so the saved statistics cover every sample)."""
+    from quant.calibrators.auto import SubsetDataset, held_out_count, split_held_out
+    from quant.calibrators.calibrate import collect_statistics
+    from quant.calibrators.result import CalibrationResult
+
+    total = len(dataset)
+    held = held_out_count(total, batch=_fixed_batch(prepared))
+    stats_pos, held_pos = split_held_out(total, held, seed=config.seed)
+    part = SubsetDataset(dataset, stats_pos, tag="auto statistics")
+    aside = SubsetDataset(dataset, held_pos, tag="auto held-out")
+    common = {"batch_size": batch_size, "num_bins": config.num_bins, "model_name": prepared.name}
+    collector, n_stats = collect_statistics(prepared.clean, part, tensors, progress=progress, **common)  # type: ignore[arg-type]
+    stats = collector.stats()
+    held_collector, _n_held = collect_statistics(prepared.clean, aside, tensors, **common)  # type: ignore[arg-type]
+    amax, record = _auto_search(
+        prepared, stats, aside, config, batch_size=batch_size, calibration_samples=total, scoring_data="held-out"
+    )
+    collector.merge(held_collector)  # the saved statistics: every sample, as for the other methods
+    result = CalibrationResult.from_ranges(
+        amax,
+        method="auto",
+        params=config.params(),
+        num_samples=n_stats,
+        model_fingerprint=prepared.fingerprint.to_dict(),
+        data_fingerprint=data_fingerprint(),
+        tensors_scope=scope,
+    )
+    return result, collector, record
+
+
+def _auto_message(record: AutoRecord) -> str:
+    counts = ", ".join(f"{lab} {n}" for lab, n in record.method_counts().items())
+    best = record.scores[record.best_single]
+    return (
+        f"; auto chose per tensor ({counts}): SQNR {record.score.sqnr_db:.2f} dB on {record.held_out} held-out "
+        f"samples (best single method {record.best_single} {best.sqnr_db:.2f} dB), "
+        f"{record.evaluations} evaluations, {record.cost.get('passes', 0):.2f}x a forward pass over the data"
+    )
 
 
 class _Background:

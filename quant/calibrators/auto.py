@@ -1,0 +1,687 @@
+"""``--method auto``: per tensor, the calibration method that gives the model's outputs the best
+fidelity, measured.
+
+The four methods all reduce the same saved histograms (:mod:`quant.calibrators.methods`), so
+every candidate's ranges cost a fraction of a second; what costs is *scoring* them. Scoring here
+means running the Q/DQ model with TensorRT's exact arithmetic (``OrtRunner(int8="exact")``) on
+calibration samples held aside from those that made the statistics, and comparing its outputs
+with FP32: output SQNR in dB (the weakest output of a multi-output model). Top-1 agreement is
+recorded alongside for class-score outputs, but it does not decide: on the few dozen held-out
+samples a search can afford, agreement moves in steps of several points and ties most
+candidates, while SQNR is continuous and paired (every candidate sees the same samples).
+
+The search (:func:`search`), bounded by a number of evaluations fixed before it starts:
+
+1. score each candidate for every tensor at once (model level); the best is the starting point;
+2. cut the quantized tensors, in graph (topological) order, into ``groups`` runs of consecutive
+   tensors; for each run, in order, try the runner-up candidates (by model-level score) on that
+   run only and keep the best if it beats the current score by more than ``min_gain`` dB.
+
+Every accepted step improves the score measured on the same samples, so the result is never
+below the best single method on them. One evaluation costs one forward pass of the held-out
+samples; the held-out share and the budget are chosen so the whole search costs a small multiple
+of one FP32 pass over the calibration set (:func:`plan_search`). The model with the scales as
+graph inputs (:func:`scale_input_model`) lets one ONNX Runtime session evaluate every
+configuration: a configuration is a feed, not a new model.
+
+Seeded and deterministic: the held-out split depends only on the sample count and the seed, the
+candidates and the group cut only on the statistics and the graph, and ties go to the earlier
+candidate in :data:`CANDIDATES` order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from quant.calibrators.methods import CalibConfig, compute_amax
+from quant.calibrators.stats import DEFAULT_NUM_BINS, TensorStats
+from quant.errors import CacheError, CalibrationError, UsageError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from quant.datasets.base import Batch, Dataset, DataSummary
+
+log = logging.getLogger(__name__)
+
+#: Default search budget in sample forward passes per calibration sample (held-out reference
+#: pass plus every evaluation), i.e. a multiple of one FP32 pass over the calibration set.
+DEFAULT_BUDGET = 4.0
+#: Share of the calibration samples held aside for scoring, and its bounds.
+HELD_OUT_FRACTION = 0.2
+MIN_HELD_OUT = 8
+MAX_HELD_OUT = 32
+#: An improvement smaller than this (dB) is not taken (float rounding of scores is ~1e-6 dB).
+MIN_GAIN_DB = 0.01
+#: Runner-up candidates tried per group.
+ALTERNATIVES = 2
+#: Calibration samples --method auto needs (statistics + held-out).
+MIN_SAMPLES = 2 * MIN_HELD_OUT
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One method with its parameters; ``label`` names it in sidecars, reports and logs."""
+
+    method: str
+    percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        self.config()  # validates
+
+    @property
+    def label(self) -> str:
+        if self.method == "percentile":
+            return f"percentile {_fmt(self.percentile or 0.0)}"
+        return self.method
+
+    def config(self, num_bins: int = DEFAULT_NUM_BINS) -> CalibConfig:
+        if self.method == "percentile":
+            return CalibConfig(method="percentile", percentile=float(self.percentile or 0.0), num_bins=num_bins)
+        return CalibConfig(method=self.method, num_bins=num_bins)
+
+    def params(self) -> dict[str, Any]:
+        return {} if self.percentile is None else {"percentile": self.percentile}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "method": self.method, **self.params()}
+
+    @classmethod
+    def parse(cls, label: str) -> Candidate:
+        """``"entropy"``, ``"mse"``, ``"minmax"`` or ``"percentile 99.9"`` -> Candidate."""
+        parts = str(label).split()
+        try:
+            if len(parts) == 2 and parts[0] == "percentile":
+                return cls("percentile", float(parts[1]))
+            if len(parts) == 1 and parts[0] != "percentile":
+                return cls(parts[0])
+        except (ValueError, UsageError):
+            pass
+        raise UsageError(
+            f"calibration candidate {label!r} is not a method; use entropy, minmax, mse or 'percentile P'"
+        )
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+#: The candidates, in tie-break order (entropy, TensorRT's default, first).
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate("entropy"),
+    Candidate("minmax"),
+    Candidate("percentile", 99.9),
+    Candidate("percentile", 99.99),
+    Candidate("percentile", 99.999),
+    Candidate("mse"),
+)
+
+
+def candidate_ranges(
+    stats: Mapping[str, TensorStats],
+    candidates: Sequence[Candidate] = CANDIDATES,
+) -> dict[str, dict[str, float | None]]:
+    """label -> tensor -> amax for every candidate, from the same statistics (no model run).
+
+    A tensor has a range under every candidate or under none (all zeros): a method that finds
+    none where another does falls back to the exact absmax.
+    """
+    out: dict[str, dict[str, float | None]] = {}
+    for cand in candidates:
+        num_bins = next((s.num_bins for s in stats.values()), DEFAULT_NUM_BINS)
+        out[cand.label] = compute_amax(stats, cand.config(num_bins))
+    for name, st in stats.items():
+        if st.has_range:
+            for table in out.values():
+                if table[name] is None:
+                    table[name] = float(st.absmax)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# scores and the search (pure: the model is a callable)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    """Fidelity of one configuration on the held-out samples: the weakest output's SQNR (dB),
+    and top-1 agreement with FP32 (%) where an output holds class scores."""
+
+    sqnr_db: float
+    agreement: float | None = None
+
+    def better_than(self, other: Score, min_gain: float = MIN_GAIN_DB) -> bool:
+        return self.sqnr_db > other.sqnr_db + min_gain
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sqnr_db": _finite(self.sqnr_db), "agreement": self.agreement}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Score:
+        try:
+            sqnr = data["sqnr_db"]
+            agreement = data.get("agreement")
+            return cls(
+                sqnr_db=math.inf if sqnr is None else float(sqnr),
+                agreement=None if agreement is None else float(agreement),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CacheError(f"auto calibration score is malformed ({exc}); recalibrate with --method auto") from exc
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isinf(x) else float(x)  # JSON has no infinity; None = identical outputs
+
+
+ScoreFn = Callable[[Mapping[str, float]], Score]
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How many evaluations the search may spend and how it spends them."""
+
+    max_evaluations: int
+    groups: int
+    alternatives: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"max_evaluations": self.max_evaluations, "groups": self.groups, "alternatives": self.alternatives}
+
+
+def plan_search(
+    *,
+    num_tensors: int,
+    num_candidates: int,
+    calibration_samples: int,
+    held_out: int,
+    budget: float = DEFAULT_BUDGET,
+    alternatives: int = ALTERNATIVES,
+) -> SearchPlan:
+    """The evaluation budget: ``budget`` x ``calibration_samples`` sample forwards, of which the FP32
+    reference of the held-out samples takes ``held_out`` and each evaluation ``held_out``. The
+    model-level round (one evaluation per candidate) always runs; what is left buys groups of
+    ``alternatives`` evaluations each, at most one group per tensor."""
+    if budget <= 0 or not math.isfinite(budget):
+        raise UsageError(f"--auto-budget must be a positive number of forward passes (got {budget})")
+    if held_out < 1:
+        raise UsageError("auto calibration needs at least one held-out sample")
+    max_evals = max(num_candidates, int(budget * calibration_samples // held_out) - 1)
+    alternatives = max(1, min(alternatives, num_candidates - 1))
+    groups = max(0, min(num_tensors, (max_evals - num_candidates) // alternatives)) if num_candidates > 1 else 0
+    return SearchPlan(max_evaluations=max_evals, groups=groups, alternatives=alternatives)
+
+
+def split_groups(tensors: Sequence[str], groups: int) -> list[list[str]]:
+    """``tensors`` cut into ``groups`` consecutive runs whose sizes differ by at most one."""
+    n = len(tensors)
+    groups = max(0, min(groups, n))
+    return [list(tensors[i * n // groups : (i + 1) * n // groups]) for i in range(groups)]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What :func:`search` found: per tensor the candidate label, and the measurements."""
+
+    choice: dict[str, str]
+    scores: dict[str, Score]  # every candidate applied to every tensor (model level)
+    best_single: str
+    score: Score
+    evaluations: int
+    plan: SearchPlan
+    steps: tuple[dict[str, Any], ...] = ()
+
+
+def search(
+    table: Mapping[str, Mapping[str, float | None]],
+    tensors: Sequence[str],
+    score_fn: ScoreFn,
+    *,
+    plan: SearchPlan,
+    min_gain: float = MIN_GAIN_DB,
+) -> SearchResult:
+    """Greedy per-tensor search over ``table`` (label -> tensor -> amax, labels in tie-break order)
+    for the quantized ``tensors`` (graph order); ``score_fn`` measures one full assignment
+    (tensor -> amax) of those tensors. See the module docstring for the procedure."""
+    labels = list(table)
+    if not labels:
+        raise UsageError("auto calibration needs at least one candidate method")
+    tensors = [t for t in tensors if all(table[lab].get(t) is not None for lab in labels)]
+
+    def assignment(choice: Mapping[str, str]) -> dict[str, float]:
+        return {t: float(table[choice[t]][t]) for t in tensors}  # type: ignore[arg-type]
+
+    evaluations = 0
+
+    def measure(choice: Mapping[str, str]) -> Score:
+        nonlocal evaluations
+        evaluations += 1
+        return score_fn(assignment(choice))
+
+    scores: dict[str, Score] = {}
+    for lab in labels:
+        scores[lab] = measure({t: lab for t in tensors})
+        log.info("auto: %-18s %s", lab, _describe(scores[lab]))
+    # the best single candidate; ties keep the earlier label (max returns the first maximum)
+    best_single = max(labels, key=lambda lab: scores[lab].sqnr_db)
+    choice = {t: best_single for t in tensors}
+    current = scores[best_single]
+    ranked = sorted((lab for lab in labels if lab != best_single), key=lambda lab: -scores[lab].sqnr_db)
+    alternatives = ranked[: plan.alternatives]
+    steps: list[dict[str, Any]] = []
+    for gi, group in enumerate(split_groups(tensors, plan.groups)):
+        best: tuple[Score, str] | None = None
+        for lab in alternatives:
+            if all(table[lab][t] == table[choice[t]][t] for t in group):
+                continue  # the same ranges: nothing to measure
+            trial = {**choice, **{t: lab for t in group}}
+            s = measure(trial)
+            if s.better_than(current, min_gain) and (best is None or s.sqnr_db > best[0].sqnr_db):
+                best = (s, lab)
+        if best is not None:
+            log.info("auto: group %d (%d tensors from '%s') -> %s: %s", gi, len(group), group[0], best[1], _describe(best[0]))
+            steps.append(
+                {
+                    "group": gi,
+                    "first": group[0],
+                    "tensors": len(group),
+                    "method": best[1],
+                    "sqnr_db": _finite(best[0].sqnr_db),
+                    "gain_db": _finite(best[0].sqnr_db - current.sqnr_db),
+                }
+            )
+            choice.update({t: best[1] for t in group})
+            current = best[0]
+    return SearchResult(
+        choice=choice,
+        scores=scores,
+        best_single=best_single,
+        score=current,
+        evaluations=evaluations,
+        plan=plan,
+        steps=tuple(steps),
+    )
+
+
+def _describe(s: Score) -> str:
+    text = f"SQNR {s.sqnr_db:.2f} dB"
+    return text if s.agreement is None else f"{text}, top-1 agreement {s.agreement:.1f} %"
+
+
+# --------------------------------------------------------------------------------------------
+# the record kept in the sidecar and the report
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutoRecord:
+    """Per tensor the chosen candidate, and the model-level score of every candidate.
+
+    ``choice`` covers every calibrated tensor: those the search scored (the Q/DQ inputs,
+    ``searched``) and the others (implicit-quantization tensors TensorRT reads from the cache),
+    which take ``best_single``. ``cost`` states the search's forward passes as a multiple of one
+    pass over the calibration samples.
+    """
+
+    choice: dict[str, str]
+    candidates: tuple[dict[str, Any], ...]
+    scores: dict[str, Score]
+    best_single: str
+    score: Score
+    searched: int
+    evaluations: int
+    plan: SearchPlan
+    held_out: int
+    statistics_samples: int
+    seed: int
+    metric: str = "sqnr"
+    steps: tuple[dict[str, Any], ...] = ()
+    scoring_data: str = "held-out"  # "held-out" split of --data, or "separate" data (--from-stats)
+    seconds: float | None = None
+    cost: dict[str, Any] = field(default_factory=dict)
+
+    def method_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for lab in self.choice.values():
+            counts[lab] = counts.get(lab, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "choice": dict(self.choice),
+            "candidates": [dict(c) for c in self.candidates],
+            "scores": {k: v.to_dict() for k, v in self.scores.items()},
+            "best_single": self.best_single,
+            "score": self.score.to_dict(),
+            "searched": self.searched,
+            "evaluations": self.evaluations,
+            "plan": self.plan.to_dict(),
+            "held_out": self.held_out,
+            "statistics_samples": self.statistics_samples,
+            "seed": self.seed,
+            "steps": [dict(s) for s in self.steps],
+            "scoring_data": self.scoring_data,
+            "seconds": self.seconds,
+            "cost": dict(self.cost),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AutoRecord:
+        try:
+            plan = data["plan"]
+            return cls(
+                metric=str(data.get("metric", "sqnr")),
+                choice={str(k): str(v) for k, v in data["choice"].items()},
+                candidates=tuple(dict(c) for c in data["candidates"]),
+                scores={str(k): Score.from_dict(v) for k, v in data["scores"].items()},
+                best_single=str(data["best_single"]),
+                score=Score.from_dict(data["score"]),
+                searched=int(data["searched"]),
+                evaluations=int(data["evaluations"]),
+                plan=SearchPlan(int(plan["max_evaluations"]), int(plan["groups"]), int(plan["alternatives"])),
+                held_out=int(data["held_out"]),
+                statistics_samples=int(data["statistics_samples"]),
+                seed=int(data["seed"]),
+                steps=tuple(dict(s) for s in data.get("steps", ())),
+                scoring_data=str(data.get("scoring_data", "held-out")),
+                seconds=None if data.get("seconds") is None else float(data["seconds"]),
+                cost=dict(data.get("cost") or {}),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CacheError(
+                f"the sidecar's 'auto' record is malformed ({exc}); recalibrate with --method auto"
+            ) from exc
+
+
+def choose_amax(
+    table: Mapping[str, Mapping[str, float | None]], choice: Mapping[str, str], default: str
+) -> dict[str, float | None]:
+    """tensor -> amax: each tensor's chosen candidate, ``default`` for tensors not in ``choice``."""
+    tensors = next(iter(table.values())).keys() if table else ()
+    return {t: table[choice.get(t, default)][t] for t in tensors}
+
+
+# --------------------------------------------------------------------------------------------
+# the held-out split
+# --------------------------------------------------------------------------------------------
+
+
+def held_out_count(num_samples: int, *, batch: int | None = None) -> int:
+    """How many of ``num_samples`` calibration samples are held aside for scoring: 20 %, between
+    8 and 32 (a multiple of ``batch`` for models with a fixed batch size). CalibrationError when
+    there are too few samples to hold any aside."""
+    if num_samples < MIN_SAMPLES:
+        raise CalibrationError(
+            f"--method auto holds part of --data aside to score the methods and needs at least {MIN_SAMPLES} "
+            f"samples (got {num_samples}); give more calibration data or pick a --method"
+        )
+    h = min(MAX_HELD_OUT, max(MIN_HELD_OUT, round(num_samples * HELD_OUT_FRACTION)))
+    if batch is not None and batch > 1:
+        h = max(batch, h // batch * batch)
+        if num_samples - h < 1:
+            raise CalibrationError(
+                f"--method auto: {num_samples} samples are too few for a model with fixed batch size {batch}; "
+                "give more calibration data or pick a --method"
+            )
+    return h
+
+
+def split_held_out(num_samples: int, held_out: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(statistics positions, held-out positions), each sorted: a seeded random choice of
+    ``held_out`` sample positions, the same for the same count and seed."""
+    if not 0 < held_out < num_samples:
+        raise UsageError(f"cannot hold {held_out} of {num_samples} samples aside")
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x51A7])  # own stream: independent of --seed's other uses
+    held = np.sort(rng.choice(num_samples, size=held_out, replace=False))
+    mask = np.ones(num_samples, dtype=bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
+class SubsetDataset:
+    """The samples of ``dataset`` at ``positions`` (positions in its iteration order), re-batched.
+
+    Reads the whole data set on each pass and keeps the selected samples (copies, never views).
+    ``fingerprint()`` is the parent's plus the positions, so statistics made from a subset are
+    never taken for the whole set's."""
+
+    def __init__(self, dataset: Dataset, positions: Sequence[int] | np.ndarray, *, tag: str) -> None:
+        self._full = dataset
+        self._pos = np.asarray(sorted(int(p) for p in positions), dtype=np.int64)
+        self._tag = tag
+        self._fp: str | None = None
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self._full.input_names
+
+    @property
+    def has_labels(self) -> bool:
+        return self._full.has_labels
+
+    def __len__(self) -> int:
+        return int(self._pos.shape[0])
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        from quant.datasets.base import Batch
+
+        wanted = np.zeros(0, dtype=bool)
+        if self._pos.size:
+            wanted = np.zeros(int(self._pos[-1]) + 1, dtype=bool)
+            wanted[self._pos] = True
+        feeds: dict[str, list[np.ndarray]] = {}
+        labels: list[np.ndarray] = []
+        pending = 0
+        offset = 0
+        for batch in self._full.batches(batch_size):
+            size = batch.size
+            pos = np.arange(offset, offset + size)
+            offset += size
+            idx = np.flatnonzero(wanted[pos[pos < wanted.size]]) if wanted.size else np.zeros(0, np.int64)
+            if idx.size == 0:
+                continue
+            for k, v in batch.feed.items():
+                feeds.setdefault(k, []).append(v[idx])  # fancy indexing copies
+            if batch.labels is not None:
+                labels.append(batch.labels[idx])
+            pending += int(idx.size)
+            while pending >= batch_size:
+                cat = {k: np.concatenate(v, axis=0) for k, v in feeds.items()}
+                lab = np.concatenate(labels) if labels else None
+                yield Batch(
+                    feed={k: v[:batch_size].copy() for k, v in cat.items()},
+                    labels=None if lab is None else lab[:batch_size].copy(),
+                )
+                feeds = {k: [v[batch_size:].copy()] for k, v in cat.items()}
+                labels = [] if lab is None else [lab[batch_size:].copy()]
+                pending -= batch_size
+        if pending:
+            yield Batch(
+                feed={k: np.concatenate(v, axis=0) for k, v in feeds.items()},
+                labels=np.concatenate(labels) if labels else None,
+            )
+
+    def fingerprint(self) -> str:
+        if self._fp is None:
+            import hashlib
+
+            h = hashlib.sha256(self._full.fingerprint().encode())
+            h.update(f"\0{self._tag}\0".encode())
+            h.update(self._pos.tobytes())
+            self._fp = h.hexdigest()
+        return self._fp
+
+    def summary(self) -> DataSummary:
+        from dataclasses import replace
+
+        return replace(self._full.summary(), num_samples=len(self))
+
+
+# --------------------------------------------------------------------------------------------
+# scoring with exact TensorRT arithmetic
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScaleInputModel:
+    """A TensorRT-placement Q/DQ model whose activation scales are graph inputs (tensor -> input)."""
+
+    model: onnx.ModelProto = field(repr=False, compare=False)
+    scale_inputs: dict[str, str]
+    quantized: tuple[str, ...]
+
+
+def scale_input_model(clean: onnx.ModelProto, amax: Mapping[str, float | None]) -> ScaleInputModel:
+    """``insert_qdq(clean, amax)`` (TensorRT target) with each activation's scale initializer turned
+    into a float scalar graph input of the same name: one session then evaluates any ranges. The
+    weights' per-channel scales do not depend on the activation ranges and stay initializers."""
+    from onnx import TensorProto, helper
+
+    from quant.graph.qdq import insert_qdq
+
+    result = insert_qdq(clean, amax, target="tensorrt")
+    model = result.model
+    g = model.graph
+    quantized = set(result.quantized_tensors)
+    scale_inputs: dict[str, str] = {}
+    for node in g.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in quantized:
+            scale_inputs[node.input[0]] = node.input[1]
+    names = set(scale_inputs.values())
+    keep = [init for init in g.initializer if init.name not in names]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    for name in scale_inputs.values():
+        g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, []))
+    return ScaleInputModel(model=model, scale_inputs=scale_inputs, quantized=tuple(result.quantized_tensors))
+
+
+class OutputScorer:
+    """Scores activation ranges by the fidelity of the Q/DQ model's outputs against FP32 on fixed
+    feeds, with TensorRT's exact arithmetic. Call it with tensor -> amax for every quantized tensor.
+
+    ``feeds`` are the held-out batches (kept in memory: at most :data:`MAX_HELD_OUT` samples);
+    the FP32 reference outputs are computed once here."""
+
+    def __init__(
+        self,
+        clean: onnx.ModelProto,
+        base_amax: Mapping[str, float | None],
+        feeds: Sequence[Mapping[str, np.ndarray]],
+        *,
+        threads: int | None = None,
+    ) -> None:
+        from quant.backends.onnxruntime import OrtRunner
+
+        if not feeds:
+            raise CalibrationError("auto calibration has no held-out samples to score with")
+        self.sim = scale_input_model(clean, base_amax)
+        self.feeds = [dict(f) for f in feeds]
+        self.samples = sum(int(next(iter(f.values())).shape[0]) for f in self.feeds)
+        with OrtRunner(clean, threads=threads, name="fp32 reference") as ref:
+            self.outputs = list(ref.output_names())
+            self.reference = [ref.infer(f) for f in self.feeds]
+        self._runner = OrtRunner(self.sim.model, threads=threads, int8="exact", name="auto calibration scorer")
+        self._classifier = _classifier_outputs(self.reference[0])
+        self.forwards = self.samples  # sample forward passes spent (the reference pass)
+
+    @property
+    def quantized(self) -> tuple[str, ...]:
+        return self.sim.quantized
+
+    def close(self) -> None:
+        self._runner.close()
+
+    def __enter__(self) -> OutputScorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __call__(self, amax: Mapping[str, float]) -> Score:
+        scales = {}
+        for tensor, name in self.sim.scale_inputs.items():
+            a = amax.get(tensor)
+            if a is None or not a > 0:
+                raise CalibrationError(f"auto calibration: no range for quantized tensor '{tensor}'")
+            scales[name] = np.array(np.float32(a / 127.0), dtype=np.float32)
+        signal = dict.fromkeys(self.outputs, 0.0)
+        noise = dict.fromkeys(self.outputs, 0.0)
+        agree = total = 0
+        for feed, ref in zip(self.feeds, self.reference, strict=True):
+            out = self._runner.infer({**feed, **scales})
+            self.forwards += int(next(iter(feed.values())).shape[0])
+            for name in self.outputs:
+                r = np.asarray(ref[name], dtype=np.float64)
+                q = np.asarray(out[name], dtype=np.float64)
+                signal[name] += float(np.sum(r * r))
+                noise[name] += float(np.sum((q - r) ** 2))
+            for name in self._classifier[:1]:
+                r2 = np.asarray(ref[name]).reshape(ref[name].shape[0], -1)
+                q2 = np.asarray(out[name]).reshape(r2.shape[0], -1)
+                agree += int(np.sum(np.argmax(r2, axis=1) == np.argmax(q2, axis=1)))
+                total += r2.shape[0]
+        sqnr = min(_sqnr(signal[n], noise[n]) for n in self.outputs)
+        return Score(sqnr_db=sqnr, agreement=100.0 * agree / total if total else None)
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    if noise <= 0.0:
+        return math.inf
+    if signal <= 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal / noise)
+
+
+def _classifier_outputs(outputs: Mapping[str, np.ndarray]) -> list[str]:
+    from quant.eval.metrics import find_classifier_output
+
+    name = find_classifier_output(dict(outputs))
+    return [] if name is None else [name]
+
+
+def collect_feeds(dataset: Dataset, batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Every batch of ``dataset`` as feeds, in memory (for the small held-out set)."""
+    return [dict(b.feed) for b in dataset.batches(batch_size)]
+
+
+def auto_params(*, num_bins: int, budget: float, seed: int, candidates: Sequence[Candidate] = CANDIDATES) -> dict[str, Any]:
+    """The parameters of an auto calibration, as the sidecar records them (reuse compares them)."""
+    return {
+        "num_bins": num_bins,
+        "candidates": [c.label for c in candidates],
+        "budget": float(budget),
+        "seed": int(seed),
+        "metric": "sqnr",
+    }
+
+
+__all__ = [
+    "CANDIDATES",
+    "DEFAULT_BUDGET",
+    "AutoRecord",
+    "Candidate",
+    "OutputScorer",
+    "Score",
+    "ScaleInputModel",
+    "SearchPlan",
+    "SearchResult",
+    "SubsetDataset",
+    "auto_params",
+    "candidate_ranges",
+    "choose_amax",
+    "collect_feeds",
+    "held_out_count",
+    "plan_search",
+    "scale_input_model",
+    "search",
+    "split_groups",
+    "split_held_out",
+]
