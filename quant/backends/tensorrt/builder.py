@@ -326,6 +326,11 @@ def build_engine(
     if not output.parent.exists() and str(output.parent) not in ("", "."):
         raise OutputError(f"cannot write '{output}': directory '{output.parent}' does not exist; create it first")
     version = caps.version
+    if options.timing_cache is not None and not caps.has_timing_cache:
+        raise UsageError(
+            f"--timing-cache: {caps.flavor.label} has no timing cache (a no-op since TensorRT-RTX 1.2: it "
+            f"compiles kernels just in time on the GPU); drop --timing-cache"
+        )
     gpu = _target_gpu(caps, options)
     if caps.builds_without_gpu:
         log.info("%s: ahead-of-time build for compute capabilities %s", caps.describe, gpu.compute_capability)

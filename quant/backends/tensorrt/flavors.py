@@ -127,6 +127,12 @@ class Capabilities:
         return self.is_rtx
 
     @property
+    def has_timing_cache(self) -> bool:
+        """Builder timing caches (TensorRT-RTX: no-ops since 1.2; its runtime cache keeps the
+        kernels it compiles just in time on the GPU instead)."""
+        return not self.is_rtx
+
+    @property
     def builds_without_gpu(self) -> bool:
         """Engines are built ahead of time, with no GPU or driver on the building machine."""
         return self.is_rtx

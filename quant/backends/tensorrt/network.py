@@ -63,27 +63,35 @@ class LoggingBridge:
         return self.errors[-1] if self.errors else None
 
 
-_LOGGER_CLASSES: dict[ModuleType, type] = {}
+_LOGGERS: dict[ModuleType, LoggingBridge] = {}
 
 
 def make_logger(trt: ModuleType) -> LoggingBridge:
-    """A :class:`LoggingBridge` that is also ``trt.ILogger`` (one class per module, made once;
-    the TensorRT Python API requires the explicit base ``__init__`` of classes it calls back into)."""
-    cls = _LOGGER_CLASSES.get(trt)
-    if cls is None:
-        base = trt.ILogger
-        severity = base.Severity
+    """The :class:`LoggingBridge` of module ``trt``, which is also its ``ILogger``, with its
+    remembered errors cleared.
 
-        def __init__(self: Any) -> None:
-            base.__init__(self)
-            LoggingBridge._start_bridge(self)
+    One per module and process: TensorRT keeps the first logger a builder or runtime was created
+    with and ignores later ones ("The logger passed into createInferBuilder differs from one
+    already registered"), so a fresh logger per build would never see TensorRT's errors. The
+    class calls its TensorRT base ``__init__`` explicitly, as the TensorRT Python API requires of
+    classes it calls back into."""
+    bridge = _LOGGERS.get(trt)
+    if bridge is not None:
+        bridge.errors.clear()
+        return bridge
+    base = trt.ILogger
+    severity = base.Severity
 
-        def log_method(self: Any, sev: Any, msg: str) -> None:
-            LoggingBridge._forward(self, sev, msg, severity)
+    def __init__(self: Any) -> None:
+        base.__init__(self)
+        LoggingBridge._start_bridge(self)
 
-        cls = type("TrtLoggingBridge", (LoggingBridge, base), {"__init__": __init__, "log": log_method})
-        _LOGGER_CLASSES[trt] = cls
-    bridge: LoggingBridge = cls()
+    def log_method(self: Any, sev: Any, msg: str) -> None:
+        LoggingBridge._forward(self, sev, msg, severity)
+
+    cls = type("TrtLoggingBridge", (LoggingBridge, base), {"__init__": __init__, "log": log_method})
+    bridge = cls()
+    _LOGGERS[trt] = bridge
     return bridge
 
 
