@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from quant.cache.io import LoadedCache
-from quant.cache.trt import decode_trt_version, scale_for_amax, scale_to_hex
+from quant.cache.trt import LEGACY_NOTE, decode_trt_version, scale_for_amax, scale_to_hex
 from quant.errors import QuantError, UsageError
 
 SortKey = Literal["name", "amax", "file"]
@@ -14,7 +14,8 @@ SORT_KEYS: tuple[str, ...] = ("file", "name", "amax")
 
 def cache_table(loaded: LoadedCache, *, sort: SortKey = "file") -> list[dict[str, Any]]:
     """One row per cache entry: ``name``, ``amax`` (None for zero-scale entries), ``scale``
-    (the float32 scale, as a float) and ``hex`` (its 8-digit bit pattern).
+    (the float32 scale, as a float) and ``hex`` (its 8-digit bit pattern); for a ``--method auto``
+    cache also ``method``, the candidate chosen for the tensor.
 
     ``sort``: ``file`` (file order; zero-scale entries last), ``name``, or ``amax`` (largest first,
     zero-scale entries last: outliers first is what one looks for).
@@ -22,6 +23,8 @@ def cache_table(loaded: LoadedCache, *, sort: SortKey = "file") -> list[dict[str
     if sort not in SORT_KEYS:
         raise UsageError(f"--sort '{sort}' is not a sort order; use one of {', '.join(SORT_KEYS)}")
     rows: list[dict[str, Any]] = []
+    choice = (loaded.auto or {}).get("choice")
+    choice = choice if isinstance(choice, dict) else None
     for name, amax in loaded.amax.items():
         try:
             scale: float | None = scale_for_amax(amax)
@@ -33,10 +36,16 @@ def cache_table(loaded: LoadedCache, *, sort: SortKey = "file") -> list[dict[str
                 "amax": amax,
                 "scale": scale,
                 "hex": None if scale is None else scale_to_hex(scale),
+                **({"method": choice.get(name)} if choice is not None else {}),
             }
         )
     for name in loaded.parsed.zero_scale_names:
-        rows.append({"name": name, "amax": None, "scale": 0.0, "hex": scale_to_hex(0.0)})
+        rows.append(
+            {
+                "name": name, "amax": None, "scale": 0.0, "hex": scale_to_hex(0.0),
+                **({"method": None} if choice is not None else {}),
+            }
+        )
     if sort == "name":
         rows.sort(key=lambda r: r["name"])
     elif sort == "amax":
@@ -81,7 +90,68 @@ def describe_cache(loaded: LoadedCache) -> dict[str, Any]:
             "tensors_scope": cal.get("tensors_scope"),
             "no_range": len(cal.get("no_range") or ()),
         }
+    if p.is_legacy:
+        desc["legacy"] = {**(p.legacy or {}), "note": LEGACY_NOTE}
+    record = loaded.auto
+    if record is not None:
+        choice = record.get("choice") or {}
+        counts: dict[str, int] = {}
+        for lab in choice.values():
+            counts[str(lab)] = counts.get(str(lab), 0) + 1
+        desc["auto"] = {
+            "metric": record.get("metric"),
+            "scores": record.get("scores"),
+            "best_single": record.get("best_single"),
+            "score": record.get("score"),
+            "methods": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "held_out": record.get("held_out"),
+            "scoring_data": record.get("scoring_data"),
+            "evaluations": record.get("evaluations"),
+            "cost": record.get("cost"),
+        }
     return desc
+
+
+def render_auto_scores(record: dict[str, Any]) -> str:
+    """The model-level score of every candidate and of the per-tensor choice (``--method auto``),
+    from a sidecar's ``auto`` record or :func:`describe_cache`'s summary of it."""
+    scores = record.get("scores") or {}
+    best = record.get("best_single")
+    held = record.get("held_out")
+    where = "held-out calibration samples" if record.get("scoring_data", "held-out") == "held-out" else "samples of --data"
+    lines = [f"auto: output SQNR (dB) and top-1 agreement (%) on {held} {where}, exact TensorRT arithmetic"]
+    rows: list[tuple[str, str, str]] = []
+    for label, sc in scores.items():
+        mark = " (best single)" if label == best else ""
+        rows.append((f"{label}{mark}", _score_text(sc, "sqnr_db"), _score_text(sc, "agreement")))
+    final = record.get("score") or {}
+    choice = record.get("choice")
+    counts = record.get("methods")
+    if counts is None and isinstance(choice, dict):
+        counts = {}
+        for lab in choice.values():
+            counts[lab] = counts.get(lab, 0) + 1
+    mix = ", ".join(f"{k} {v}" for k, v in (counts or {}).items())
+    rows.append((f"auto ({mix})", _score_text(final, "sqnr_db"), _score_text(final, "agreement")))
+    width = max(len(r[0]) for r in rows)
+    lines.append(f"  {'candidate'.ljust(width)}  {'SQNR dB':>8}  {'agree %':>8}")
+    lines.extend(f"  {a.ljust(width)}  {b:>8}  {c:>8}" for a, b, c in rows)
+    cost = record.get("cost") or {}
+    if cost:
+        lines.append(
+            f"  {record.get('evaluations')} evaluations, {cost.get('sample_forwards')} sample forwards = "
+            f"{_fmt(cost.get('passes'))}x one pass over the {cost.get('calibration_samples')} calibration samples"
+        )
+    return "\n".join(lines)
+
+
+def _score_text(score: Any, key: str) -> str:
+    if not isinstance(score, dict):
+        return "-"
+    v = score.get(key)
+    if v is None:
+        return "inf" if key == "sqnr_db" and key in score else "-"
+    return f"{float(v):.2f}" if key == "sqnr_db" else f"{float(v):.1f}"
 
 
 def _fmt(v: Any) -> str:
@@ -119,11 +189,27 @@ def render_cache_description(desc: dict[str, Any], rows: list[dict[str, Any]]) -
         lines.append(f"created    {_fmt(side.get('created'))}")
     else:
         lines.append("sidecar    none")
+    legacy = desc.get("legacy")
+    if legacy:
+        if legacy.get("quantile") is not None:
+            lines.append(f"quantile   {legacy['quantile']:.10g}")
+        if legacy.get("regression_cutoff") is not None:
+            lines.append(f"cutoff     {legacy['regression_cutoff']:.10g}")
+        if legacy.get("fields"):
+            lines.append(f"legacy     {' '.join(legacy['fields'])} (the calibrator's parameter line)")
+        lines.append(f"note       {legacy['note']}")
     for w in desc.get("warnings") or ():
         lines.append(f"warning    {w}")
+    if desc.get("auto"):
+        lines.append(render_auto_scores(desc["auto"]))
     if rows:
-        headers = ("name", "amax", "scale", "hex")
-        cells = [(str(r["name"]), _fmt(r["amax"]), _fmt(r["scale"]), _fmt(r["hex"])) for r in rows]
+        with_method = any("method" in r for r in rows)
+        headers: tuple[str, ...] = ("name", "amax", "scale", "hex", *(("method",) if with_method else ()))
+        cells = [
+            (str(r["name"]), _fmt(r["amax"]), _fmt(r["scale"]), _fmt(r["hex"]),
+             *((_fmt(r.get("method")),) if with_method else ()))
+            for r in rows
+        ]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
         lines.append("")
         lines.append(_row(headers, widths))
@@ -132,4 +218,4 @@ def render_cache_description(desc: dict[str, Any], rows: list[dict[str, Any]]) -
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SORT_KEYS", "cache_table", "describe_cache", "render_cache_description"]
+__all__ = ["SORT_KEYS", "cache_table", "describe_cache", "render_auto_scores", "render_cache_description"]

@@ -288,6 +288,12 @@ class ParsedCache:
     zero_scale_names: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     header: str | None = None
+    legacy: dict[str, Any] | None = None  # legacy calibrator's parameters (see legacy_parameters)
+
+    @property
+    def is_legacy(self) -> bool:
+        """True for a legacy-calibrator cache (header-less or ``TRT-...-LegacyCalibration``)."""
+        return self.format == "tensorrt-legacy" or self.algorithm == "LegacyCalibration"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -303,6 +309,7 @@ class ParsedCache:
             "zero_scale_names": list(self.zero_scale_names),
             "warnings": list(self.warnings),
             "header": self.header,
+            "legacy": None if self.legacy is None else dict(self.legacy),
         }
 
     @classmethod
@@ -320,6 +327,7 @@ class ParsedCache:
                 zero_scale_names=tuple(str(n) for n in d.get("zero_scale_names", ())),
                 warnings=tuple(str(w) for w in d.get("warnings", ())),
                 header=d.get("header"),
+                legacy=None if d.get("legacy") is None else dict(d["legacy"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CacheError(f"parsed cache record is malformed ({exc}); re-read the cache file") from exc
@@ -346,10 +354,50 @@ def _is_number(text: str) -> bool:
     return True
 
 
+_HEX_DOUBLE_RE = re.compile(r"[0-9a-fA-F]{16}")
+
+#: What quant tells about reusing a legacy-calibrator cache with TensorRT.
+LEGACY_NOTE = (
+    "legacy-calibrator cache: TensorRT 8.6+ reuses it only through an IInt8LegacyCalibrator "
+    "(CalibrationAlgoType.LEGACY_CALIBRATION), which is deprecated; quant reads its scales, and "
+    "'quant build' turns them into a Q/DQ model that needs no calibrator"
+)
+
+
+def _legacy_number(token: str) -> float | None:
+    """A legacy parameter: 16 hex digits are an IEEE-754 double's bits (TensorRT writes them so),
+    anything else a decimal number; None if it is neither."""
+    if _HEX_DOUBLE_RE.fullmatch(token):
+        return float(struct.unpack(">d", bytes.fromhex(token))[0])
+    try:
+        return float(token)
+    except ValueError:
+        return None
+
+
+def legacy_parameters(line: str) -> dict[str, Any] | None:
+    """The legacy calibrator's parameter line (``0 3ff0000000000000 3fefff2e48e8a71e``: a leading
+    field, then the quantile and the regression cutoff as hex doubles; one to three numbers), or
+    None when ``line`` is not one. Returns ``fields`` (the tokens), ``values`` (decoded) and, where
+    present, ``quantile`` and ``regression_cutoff``."""
+    tokens = line.split()
+    if not 1 <= len(tokens) <= 3:
+        return None
+    values = [_legacy_number(t) for t in tokens]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return None
+    out: dict[str, Any] = {"fields": tokens, "values": values}
+    named = values[1:] if len(values) == 3 else values
+    for key, value in zip(("quantile", "regression_cutoff"), named, strict=False):
+        out[key] = value
+    return out
+
+
 def is_legacy_header(line: str) -> bool:
-    """True for the first line of a legacy-calibrator cache: three numbers."""
+    """True for the first line of a header-less legacy-calibrator cache: three numbers (decimal, or
+    16-hex-digit doubles as TensorRT writes them)."""
     m = _LEGACY_HEADER_RE.fullmatch(line)
-    return m is not None and all(_is_number(g) for g in m.groups())
+    return m is not None and legacy_parameters(line) is not None
 
 
 def looks_like_trt_entry(line: str) -> bool:
@@ -369,6 +417,7 @@ def parse_trt_cache(text: str, *, source: str) -> ParsedCache:
     NaN / infinite scales, binary bytes.
     """
     warnings: list[str] = []
+    legacy: dict[str, Any] | None = None
     if text.startswith("\ufeff"):
         text = text[1:]
         warnings.append("file starts with a byte-order mark (ignored); TensorRT may not read it")
@@ -406,6 +455,7 @@ def parse_trt_cache(text: str, *, source: str) -> ParsedCache:
         fmt = "tensorrt-legacy"
         trt_version = None
         algorithm = "LegacyCalibration"
+        legacy = legacy_parameters(header)
     else:
         raise CacheError(
             f"{_where(source, 1)}: header missing: expected 'TRT-<version>-<algorithm>' such as "
@@ -417,7 +467,15 @@ def parse_trt_cache(text: str, *, source: str) -> ParsedCache:
     first_seen: dict[str, int] = {}
     blank = 0
     crlf = False
-    for lineno in range(2, last_lineno + 1):
+    first_entry = 2
+    if fmt == "tensorrt" and algorithm == "LegacyCalibration" and last_lineno >= 2:
+        # TRT-<version>-LegacyCalibration: the line after the header holds the quantile (and cutoff)
+        second = lines[1].rstrip("\r")
+        params = None if looks_like_trt_entry(second) else legacy_parameters(second)
+        if params is not None:
+            legacy = params
+            first_entry = 3
+    for lineno in range(first_entry, last_lineno + 1):
         raw = lines[lineno - 1]
         if raw.endswith("\r"):
             crlf = True
@@ -489,10 +547,13 @@ def parse_trt_cache(text: str, *, source: str) -> ParsedCache:
         zero_scale_names=tuple(zero),
         warnings=tuple(warnings),
         header=header,
+        legacy=legacy,
     )
 
 
 __all__ = [
+    "LEGACY_NOTE",
+    "legacy_parameters",
     "ALGORITHMS",
     "CACHE_FORMATS",
     "DEFAULT_TRT_VERSION",

@@ -102,10 +102,16 @@ def make_data_options(
     )
 
 
-def method_options() -> Callable[[F], F]:
+def method_options(default: str = "entropy") -> Callable[[F], F]:
+    """--method (``default``: entropy for calibrate, auto for run), --percentile, --auto-budget,
+    --trt-version, --scope."""
     return _compose(
-        click.option("--method", type=click.Choice(METHODS), default="entropy", show_default=True,
-                     help="entropy = TensorRT EntropyCalibration2 (KL divergence); minmax; percentile; mse."),
+        click.option("--method", type=click.Choice(METHODS), default=default, show_default=True,
+                     help="entropy = TensorRT EntropyCalibration2 (KL divergence); minmax; percentile; mse; "
+                     "auto = per tensor the method whose ranges give the outputs the best measured SQNR "
+                     "(scored on calibration samples held aside; docs/CALIBRATION.md)."),
+        click.option("--auto-budget", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+                     help="For --method auto: the search's cost bound, in forward passes over the calibration set."),
         click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), default=99.99,
                      show_default=True, help="For --method percentile."),
         click.option("--trt-version", default=None, metavar="X.Y",

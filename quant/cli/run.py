@@ -35,7 +35,7 @@ Examples:
 @click.option("--eval-data", default=None, metavar="PATH",
               help="Evaluation data (default for the demo: its held-out split; otherwise the calibration data).")
 @click.option("--eval-batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@method_options()
+@method_options(default="auto")
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, metavar="LIST")
 @cpu_option()
 @click.option("--exclude", multiple=True, type=COMMA_LIST, metavar="NAMES", help="Node names or op types kept in float.")
@@ -56,6 +56,7 @@ def run_command(
     eval_data: str | None,
     eval_batch_size: int,
     method: str,
+    auto_budget: float,
     percentile: float,
     trt_version: str | None,
     scope: str,
@@ -95,7 +96,10 @@ def run_command(
         out=out,
         calib_data=calib,
         eval_data=evald,
-        calibration=CalibrationOptions(method=method, percentile=percentile, scope=scope, trt_version=trt_version),  # type: ignore[arg-type]
+        calibration=CalibrationOptions(
+            method=method, percentile=percentile, scope=scope, trt_version=trt_version,  # type: ignore[arg-type]
+            auto_budget=auto_budget,
+        ),
         build_options=BuildOptions(exclude=flatten(exclude), cpu=cpu),
         eval_options=EvalOptions(precisions=parse_precisions(precisions), cpu=cpu),
         force=force,

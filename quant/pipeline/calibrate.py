@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quant.config import CalibrationOptions, DataOptions
-from quant.errors import CacheError, CalibrationError
+from quant.errors import CacheError, CalibrationError, UsageError
 from quant.pipeline.prepare import PreparedModel, data_file, effective_batch_size, open_data, prepare_model
 from quant.pipeline.staleness import data_manifest, fingerprint_changes, stale_reasons
 
@@ -369,6 +369,41 @@ def _auto_calibration(
     return result, collector, record
 
 
+def _auto_from_stats(
+    prepared: PreparedModel,
+    stats: Mapping[str, Any],
+    config: AutoConfig,
+    data: DataOptions | None,
+    *,
+    source: Path,
+    stats_data: set[str],
+    num_samples: int,
+) -> tuple[dict[str, float | None], AutoRecord]:
+    """``--from-stats --method auto``: score on ``data``, which must be other samples."""
+    from quant.calibrators.auto import MAX_HELD_OUT, SubsetDataset, split_held_out
+
+    if data is None:
+        raise UsageError(
+            "--method auto with --from-stats needs --data: samples to score the methods with, other than "
+            "those that made the statistics (e.g. a shard left out of the merge)"
+        )
+    dataset = open_data(prepared, data)
+    if dataset.fingerprint() in stats_data:
+        raise UsageError(
+            f"--data '{data.path}' made the statistics '{source}': --method auto must score on other samples; "
+            "give a held-out set, or run 'quant calibrate MODEL --data ... --method auto', which holds samples aside itself"
+        )
+    scoring: Dataset = dataset
+    if len(dataset) > MAX_HELD_OUT:
+        _rest, chosen = split_held_out(len(dataset), MAX_HELD_OUT, seed=config.seed)
+        scoring = SubsetDataset(dataset, chosen, tag="auto scoring")
+    batch_size = effective_batch_size(prepared.inputs, data.batch_size)
+    return _auto_search(
+        prepared, stats, scoring, config, batch_size=batch_size, calibration_samples=num_samples,
+        scoring_data="separate",
+    )
+
+
 def _auto_message(record: AutoRecord) -> str:
     counts = ", ".join(f"{lab} {n}" for lab, n in record.method_counts().items())
     best = record.scores[record.best_single]
@@ -487,9 +522,14 @@ def calibrate_from_stats(
     cache: str | Path,
     options: CalibrationOptions | None = None,
     prepared: PreparedModel | None = None,
+    data: DataOptions | None = None,
 ) -> CalibrateOutcome:
     """Write ``cache`` (+ sidecar, + a copy of the statistics next to it) from a statistics file,
     e.g. one made by :func:`merge_stats`, without data and without running the model.
+
+    ``method="auto"`` needs ``data``: samples to score the methods with, which must not be the
+    samples that made the statistics (refused when the data's fingerprint is the statistics' or
+    one of their shards'); at most 32 of them (a seeded choice) are used.
 
     The statistics must have been collected on this model (same graph and weights) and hold every
     tensor of ``options.scope``; the histogram resolution is the file's. The sidecar records the
@@ -526,28 +566,51 @@ def calibrate_from_stats(
             f"(first: '{missing[0]}'); they were collected with another --scope: pass --scope "
             f"{meta.get('scope') or 'qdq'} or collect them again"
         )
-    config = CalibConfig(method=options.method, percentile=options.percentile, num_bins=int(meta["num_bins"]))
+    shards = meta.get("data_shards") or [meta["data_fingerprint"]]
+    extra: dict[str, Any] = {"data_manifest": meta.get("data_manifest"), "data_shards": list(shards)}
+    record: AutoRecord | None = None
+    if options.method == "auto":
+        auto_config = AutoConfig(num_bins=int(meta["num_bins"]), budget=options.auto_budget, seed=options.auto_seed)
+        amax, record = _auto_from_stats(
+            prepared, {t: all_stats[t] for t in tensors}, auto_config, data, source=source,
+            stats_data={str(meta["data_fingerprint"]), *map(str, shards)}, num_samples=int(meta["num_samples"]),
+        )
+        extra["auto"] = record.to_dict()
+        method, params = "auto", auto_config.params()
+    else:
+        if data is not None:
+            raise UsageError(
+                "--data with --from-stats is only for --method auto (its scoring samples); the statistics replace the data"
+            )
+        config = CalibConfig(method=options.method, percentile=options.percentile, num_bins=int(meta["num_bins"]))
+        amax = compute_amax({t: all_stats[t] for t in tensors}, config)
+        method, params = config.method, config.params()
     result = CalibrationResult.from_ranges(
-        compute_amax({t: all_stats[t] for t in tensors}, config),
-        method=config.method,
-        params=config.params(),
+        amax,
+        method=method,
+        params=params,
         num_samples=int(meta["num_samples"]),
         model_fingerprint=prepared.fingerprint.to_dict(),
         data_fingerprint=str(meta["data_fingerprint"]),
         tensors_scope=options.scope,
     )
-    shards = meta.get("data_shards") or [meta["data_fingerprint"]]
-    extra = {"data_manifest": meta.get("data_manifest"), "data_shards": list(shards)}
     beside = stats_path(cache_path)
     with commit_together():  # cache, sidecar and the statistics beside them: all or none
         _cache, side = write_cache(cache_path, {**result.to_dict(), **extra}, trt_version=trt_version)
         if beside.resolve() != source.resolve():
             atomic_write(beside, source.read_bytes())
     shard_text = f", {len(shards)} data shards" if len(shards) > 1 else ""
-    message = (
-        f"wrote {len(result.amax)} ranges with {config.method} from statistics '{source}' "
-        f"({result.num_samples} samples{shard_text}); no data was read and the model was not run"
-    )
+    if record is None:
+        message = (
+            f"wrote {len(result.amax)} ranges with {method} from statistics '{source}' "
+            f"({result.num_samples} samples{shard_text}); no data was read and the model was not run"
+        )
+    else:
+        message = (
+            f"wrote {len(result.amax)} ranges with auto from statistics '{source}' "
+            f"({result.num_samples} samples{shard_text}), scored on {record.held_out} samples of --data"
+            + _auto_message(record)
+        )
     return CalibrateOutcome(
         result=result,
         cache_path=cache_path,
@@ -558,6 +621,7 @@ def calibrate_from_stats(
         data_summary={},
         stats_path=beside,
         action="from-stats",
+        auto=None if record is None else record.to_dict(),
     )
 
 
