@@ -1,9 +1,13 @@
-"""Fixtures of the TensorRT backend tests, and the skips of the ``tensorrt`` / ``cuda`` markers.
+"""Fixtures of the TensorRT backend tests, and the skips of the ``tensorrt`` / ``cuda`` /
+``tensorrt_rtx_gpu`` markers.
 
 Tests marked ``tensorrt`` need the real TensorRT Python package and an NVIDIA GPU; tests marked
-``cuda`` need cuda-python and a GPU. Both skip with the reason otherwise (note: ``import
-tensorrt`` succeeds wherever ``tensorrt-stubs`` is installed, so the check goes through
-:func:`quant.backends.tensorrt.import_tensorrt`, which tells the stubs from the real thing).
+``cuda`` need cuda-python and a GPU; tests marked ``tensorrt_rtx_gpu`` need TensorRT-RTX,
+cuda-python and a GPU TensorRT-RTX engines run on (compute capability 8.0, 8.6, 8.9, 12.x). All
+skip with the reason otherwise (``tensorrt_rtx`` tests need no GPU and skip only without
+TensorRT-RTX, in their own modules). Note: ``import tensorrt`` succeeds wherever
+``tensorrt-stubs`` is installed, so the check goes through
+:func:`quant.backends.tensorrt.import_tensorrt`, which tells the stubs from the real thing.
 """
 
 from __future__ import annotations
@@ -44,6 +48,25 @@ def _trt_skip_reason() -> str | None:
     return _cuda_skip_reason()
 
 
+@functools.cache
+def _rtx_gpu_skip_reason() -> str | None:
+    """Why TensorRT-RTX engines cannot run here (None: they can)."""
+    from quant.backends.tensorrt.flavors import RTX_RUNTIME_COMPUTE_CAPABILITIES, flavor_available
+
+    if not flavor_available("tensorrt-rtx"):
+        return "TensorRT-RTX is not installed: pip install 'quant[tensorrt-rtx]'"
+    reason = _cuda_skip_reason()
+    if reason:
+        return f"running TensorRT-RTX engines needs an NVIDIA GPU: {reason}"
+    cc = cuda_mod.device_info(0).compute_capability
+    if cc not in RTX_RUNTIME_COMPUTE_CAPABILITIES:
+        return (
+            f"TensorRT-RTX engines do not run on this GPU (compute capability {cc}; they run on "
+            f"{', '.join(RTX_RUNTIME_COMPUTE_CAPABILITIES)})"
+        )
+    return None
+
+
 @pytest.fixture(autouse=True)
 def _runtime_markers(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("tensorrt") is not None:
@@ -52,6 +75,10 @@ def _runtime_markers(request: pytest.FixtureRequest) -> None:
             pytest.skip(reason)
     if request.node.get_closest_marker("cuda") is not None:
         reason = _cuda_skip_reason()
+        if reason:
+            pytest.skip(reason)
+    if request.node.get_closest_marker("tensorrt_rtx_gpu") is not None:
+        reason = _rtx_gpu_skip_reason()
         if reason:
             pytest.skip(reason)
 
