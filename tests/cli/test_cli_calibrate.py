@@ -194,3 +194,50 @@ def test_merge_stats_help() -> None:
 
     result = CliRunner().invoke(cli, ["merge-stats", "--help"])
     assert result.exit_code == 0 and "quant merge-stats" in result.output and "Examples:" in result.output
+
+
+def test_calibrate_method_auto_and_inspect_show_the_choice(
+    work: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, s1, s2, u = work
+    cache = model.parent / "auto.cache"
+    out = calibrate(model, u, cache, capsys, "--method", "auto")
+    assert "with auto; auto chose per tensor" in out and "held-out samples" in out
+    assert "header TRT-101300-EntropyCalibration2" in out  # a cache any TensorRT calibrator reads
+    assert "(best single)" in out and "x one pass over the 32 calibration samples" in out
+    side = json.loads(Path(str(cache) + ".json").read_text())
+    record = side["calibration"]["auto"]
+    assert set(record["choice"]) == set(read_cache(cache).amax)
+    assert len(record["scores"]) == 6 and record["held_out"] == 8
+    code, out, err = run_main(["inspect", str(cache)], capsys)
+    assert code == 0, err
+    assert "method     auto" in out and "auto (" in out
+    header = next(line for line in out.splitlines() if line.startswith("name "))
+    assert header.split()[-1] == "method"
+    # --from-stats --method auto scores on --data, which must be other samples
+    stats = Path(str(cache) + ".stats.npz")
+    code, _out, err = run_main(["calibrate", str(model), "--from-stats", str(stats), "--method", "auto",
+                                "--cache", str(model.parent / "x.cache")], capsys)
+    assert code == 2 and "needs --data" in one_line_error(err)
+    code, _out, err = run_main(["calibrate", str(model), "--from-stats", str(stats), "--method", "auto",
+                                "--data", str(u), "--cache", str(model.parent / "x.cache")], capsys)
+    assert code == 2 and "made the statistics" in one_line_error(err)
+    code, _out, err = run_main(["calibrate", str(model), "--from-stats", str(stats), "--method", "entropy",
+                                "--data", str(s2), "--cache", str(model.parent / "x.cache")], capsys)
+    assert code == 2 and "only --method auto takes --data" in one_line_error(err)
+    other = model.parent / "other.npz"
+    np.savez(other, input=np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32))
+    code, out, err = run_main(["calibrate", str(model), "--from-stats", str(stats), "--method", "auto",
+                                "--data", str(other), "--cache", str(model.parent / "x.cache")], capsys)
+    assert code == 0, err
+    assert "scored on 8 samples of --data" in out
+
+
+def test_calibrate_auto_too_few_samples_is_one_line_error(
+    work: tuple[Path, Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, s1, _s2, _u = work
+    code, _out, err = run_main(["calibrate", str(model), "--data", str(s1), "--max-samples", "10",
+                                "--method", "auto", "--cache", str(model.parent / "few.cache")], capsys)
+    assert code == 1
+    assert "needs at least 16 samples" in one_line_error(err)

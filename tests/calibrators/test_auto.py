@@ -1,0 +1,360 @@
+"""--method auto: candidates, held-out split, the search, the exact scorer, the calibrate stage."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from quant.calibrators.auto import (
+    CANDIDATES,
+    AutoRecord,
+    Candidate,
+    OutputScorer,
+    Score,
+    SearchPlan,
+    SubsetDataset,
+    candidate_ranges,
+    held_out_count,
+    plan_search,
+    scale_input_model,
+    search,
+    split_groups,
+    split_held_out,
+)
+from quant.calibrators.methods import compute_amax
+from quant.calibrators.stats import StatsCollector
+from quant.errors import CalibrationError, UsageError
+from quant.graph.cleanup import cleanup
+from tests.models import conv_bn_relu_cnn
+
+
+def _stats() -> dict:
+    rng = np.random.default_rng(0)
+    col = StatsCollector(num_bins=2048)
+    col.collect("gauss", rng.standard_normal(20000).astype(np.float32))
+    heavy = rng.standard_normal(20000).astype(np.float32)
+    heavy[:5] *= 40.0
+    col.collect("heavy", heavy)
+    col.collect("zeros", np.zeros(100, dtype=np.float32))
+    return col.stats()
+
+
+def test_candidate_ranges_are_each_methods_own() -> None:
+    stats = _stats()
+    table = candidate_ranges(stats)
+    assert list(table) == [c.label for c in CANDIDATES]
+    assert list(table)[:3] == ["entropy", "minmax", "percentile 99.9"]
+    for cand in CANDIDATES:
+        assert table[cand.label] == compute_amax(stats, cand.config())
+    assert all(table[lab]["zeros"] is None for lab in table)
+    # heavy tail: minmax keeps the outliers, percentile 99.9 clips them
+    assert table["minmax"]["heavy"] > 10 * table["percentile 99.9"]["heavy"]
+
+
+def test_candidate_labels_parse_back() -> None:
+    for cand in CANDIDATES:
+        assert Candidate.parse(cand.label) == cand
+    with pytest.raises(UsageError, match="not a method"):
+        Candidate.parse("percentile")
+    with pytest.raises(UsageError, match="--percentile"):
+        Candidate("percentile", 101.0)
+
+
+def test_held_out_split_is_seeded_disjoint_and_bounded() -> None:
+    assert held_out_count(16) == 8
+    assert held_out_count(100) == 20
+    assert held_out_count(1000) == 32
+    assert held_out_count(100, batch=8) == 16
+    with pytest.raises(CalibrationError, match="at least 16 samples"):
+        held_out_count(15)
+    a_stats, a_held = split_held_out(100, 20, seed=3)
+    b_stats, b_held = split_held_out(100, 20, seed=3)
+    assert np.array_equal(a_held, b_held) and np.array_equal(a_stats, b_stats)
+    assert sorted([*a_stats.tolist(), *a_held.tolist()]) == list(range(100))
+    assert not np.array_equal(a_held, split_held_out(100, 20, seed=4)[1])
+
+
+def test_plan_search_counts_sample_forwards() -> None:
+    # 4 passes over 128 samples = 512 sample forwards; 32 held-out: reference + 15 evaluations
+    plan = plan_search(num_tensors=70, num_candidates=6, calibration_samples=128, held_out=32, budget=4.0)
+    assert plan == SearchPlan(max_evaluations=15, groups=4, alternatives=2)
+    small = plan_search(num_tensors=3, num_candidates=6, calibration_samples=1000, held_out=32)
+    assert small.groups == 3  # never more groups than tensors
+    tight = plan_search(num_tensors=70, num_candidates=6, calibration_samples=16, held_out=8, budget=1.0)
+    assert tight.max_evaluations == 6 and tight.groups == 0  # the model-level round always runs
+    with pytest.raises(UsageError, match="--auto-budget"):
+        plan_search(num_tensors=1, num_candidates=2, calibration_samples=16, held_out=8, budget=0.0)
+
+
+def test_split_groups_consecutive_and_balanced() -> None:
+    groups = split_groups([f"t{i}" for i in range(10)], 3)
+    assert [len(g) for g in groups] == [3, 3, 4]
+    assert sum(groups, []) == [f"t{i}" for i in range(10)]
+    assert split_groups(["a", "b"], 5) == [["a"], ["b"]]
+
+
+def _quadratic(target: Mapping[str, float]):
+    """A score with a known optimum: -sum of squared distances to target amax per tensor."""
+    calls: list[dict[str, float]] = []
+
+    def score(amax: Mapping[str, float]) -> Score:
+        calls.append(dict(amax))
+        return Score(sqnr_db=-sum((amax[t] - target[t]) ** 2 for t in target))
+
+    return score, calls
+
+
+def test_search_finds_per_group_optimum_within_budget() -> None:
+    tensors = ["t0", "t1", "t2", "t3"]
+    table = {
+        "A": {"t0": 1.0, "t1": 1.0, "t2": 1.0, "t3": 1.0},
+        "B": {"t0": 2.0, "t1": 2.0, "t2": 2.0, "t3": 2.0},
+        "C": {"t0": 3.0, "t1": 3.0, "t2": 3.0, "t3": 3.0},
+    }
+    target = {"t0": 1.0, "t1": 1.0, "t2": 3.0, "t3": 3.0}
+    score, calls = _quadratic(target)
+    plan = SearchPlan(max_evaluations=7, groups=2, alternatives=2)
+    found = search(table, tensors, score, plan=plan)
+    assert found.best_single == "B"
+    assert found.scores["A"].sqnr_db == found.scores["C"].sqnr_db == -8.0
+    assert found.choice == {"t0": "A", "t1": "A", "t2": "C", "t3": "C"}
+    assert found.score.sqnr_db == 0.0
+    assert found.evaluations == len(calls) == 3 + 2 * 2
+    assert found.evaluations <= plan.max_evaluations
+    assert [(s["group"], s["method"]) for s in found.steps] == [(0, "A"), (1, "C")]
+
+
+def test_search_ties_go_to_the_earlier_candidate() -> None:
+    table = {"A": {"x": 1.0}, "B": {"x": 3.0}}
+    score, _calls = _quadratic({"x": 2.0})
+    found = search(table, ["x"], score, plan=SearchPlan(4, 1, 1))
+    assert found.best_single == "A" and found.choice == {"x": "A"} and not found.steps
+
+
+def test_search_never_below_best_single_and_skips_identical_ranges() -> None:
+    table = {"A": {"x": 1.0, "y": 5.0}, "B": {"x": 1.0, "y": 4.0}}
+    score, calls = _quadratic({"x": 1.0, "y": 5.0})
+    found = search(table, ["x", "y"], score, plan=SearchPlan(10, 2, 1))
+    assert found.best_single == "A" and found.choice == {"x": "A", "y": "A"}
+    assert found.score == found.scores["A"]
+    # group x: B's range equals A's, not measured; group y: measured, worse, not taken
+    assert len(calls) == 2 + 1
+
+
+def test_auto_record_round_trips() -> None:
+    rec = AutoRecord(
+        choice={"a": "mse"},
+        candidates=tuple(c.to_dict() for c in CANDIDATES),
+        scores={"mse": Score(12.5, 90.0), "entropy": Score(math.inf, None)},
+        best_single="mse",
+        score=Score(13.0, 91.0),
+        searched=1,
+        evaluations=7,
+        plan=SearchPlan(9, 1, 2),
+        held_out=8,
+        statistics_samples=24,
+        seed=0,
+        cost={"passes": 1.5},
+    )
+    back = AutoRecord.from_dict(json.loads(json.dumps(rec.to_dict())))
+    assert back == rec
+
+
+class _Arrays:
+    """A tiny in-memory dataset (the Dataset protocol) with labels."""
+
+    def __init__(self, n: int) -> None:
+        self.x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+        self.y = np.arange(n, dtype=np.int64)
+
+    input_names = ("input",)
+    has_labels = True
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def batches(self, batch_size: int):
+        from quant.datasets.base import Batch
+
+        for i in range(0, len(self), batch_size):
+            yield Batch(feed={"input": self.x[i : i + batch_size].copy()}, labels=self.y[i : i + batch_size].copy())
+
+    def fingerprint(self) -> str:
+        return "abc"
+
+    def summary(self):
+        from quant.datasets.base import DataSummary
+
+        return DataSummary(source="mem", kind="npz", num_samples=len(self))
+
+
+def test_subset_dataset_rebatches_the_chosen_samples() -> None:
+    full = _Arrays(10)
+    sub = SubsetDataset(full, [1, 2, 5, 6, 7, 9], tag="t")
+    batches = list(sub.batches(4))
+    assert [b.size for b in batches] == [4, 2]
+    assert np.concatenate([b.labels for b in batches]).tolist() == [1, 2, 5, 6, 7, 9]
+    assert np.array_equal(np.concatenate([b.feed["input"] for b in batches]), full.x[[1, 2, 5, 6, 7, 9]])
+    assert len(sub) == 6 and sub.summary().num_samples == 6
+    assert sub.fingerprint() != full.fingerprint()
+    assert sub.fingerprint() != SubsetDataset(full, [1, 2], tag="t").fingerprint()
+    b0 = batches[0].feed["input"]
+    b0[:] = -1
+    assert full.x.min() >= 0  # never a view of the parent's arrays
+
+
+def _cnn_and_stats() -> tuple[onnx.ModelProto, dict, np.ndarray]:
+    from quant.calibrators.calibrate import collect_statistics
+    from quant.graph.qdq import calibration_tensors
+
+    model = cleanup(conv_bn_relu_cnn())
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+    ds = _Feeds(x)
+    col, _n = collect_statistics(model, ds, calibration_tensors(model, scope="qdq"), batch_size=8)
+    return model, col.stats(), x
+
+
+class _Feeds(_Arrays):
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.y = np.zeros(x.shape[0], dtype=np.int64)
+
+    has_labels = False
+
+
+def test_scale_input_model_computes_what_insert_qdq_computes() -> None:
+    """The scorer's one session, fed one candidate's scales, gives the outputs of that candidate's
+    own Q/DQ model (both with TensorRT's exact arithmetic)."""
+    from quant.backends.onnxruntime import OrtRunner
+    from quant.graph.qdq import insert_qdq
+
+    model, stats, x = _cnn_and_stats()
+    table = candidate_ranges(stats)
+    sim = scale_input_model(model, table["minmax"])
+    assert set(sim.scale_inputs) == set(sim.quantized) and sim.quantized
+    for label in ("entropy", "percentile 99.9"):
+        amax = table[label]
+        feed = {"input": x[:4]}
+        with OrtRunner(insert_qdq(model, amax).model, int8="exact") as own:
+            want = own.infer(feed)
+        scales = {n: np.array(np.float32(amax[t] / 127.0)) for t, n in sim.scale_inputs.items()}  # type: ignore[operator]
+        with OrtRunner(sim.model, int8="exact") as one:
+            got = one.infer({**feed, **scales})
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5)
+
+
+def test_output_scorer_sqnr_matches_an_independent_computation() -> None:
+    from quant.backends.onnxruntime import OrtRunner
+    from quant.graph.qdq import insert_qdq
+
+    model, stats, x = _cnn_and_stats()
+    table = candidate_ranges(stats)
+    feeds = [{"input": x[:8]}, {"input": x[8:]}]
+    with OrtRunner(model) as ref_run:
+        ref = np.concatenate([next(iter(ref_run.infer(f).values())) for f in feeds])
+    amax = table["mse"]
+    with OrtRunner(insert_qdq(model, amax).model, int8="exact") as q_run:
+        out = np.concatenate([next(iter(q_run.infer(f).values())) for f in feeds])
+    want = 10 * math.log10(float(np.sum(ref.astype(np.float64) ** 2)) / float(np.sum((out - ref).astype(np.float64) ** 2)))
+    with OutputScorer(model, table["minmax"], feeds) as scorer:
+        got = scorer({t: float(amax[t]) for t in scorer.quantized})  # type: ignore[arg-type]
+        assert scorer.forwards == 32  # reference pass + one evaluation, 16 samples each
+    assert got.sqnr_db == pytest.approx(want, abs=1e-3)
+    assert got.agreement is not None and 0.0 <= got.agreement <= 100.0
+
+
+# ---------------------------------------------------------------------------------------------
+# the calibrate stage (quant.api)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cnn(tmp_path: Path) -> tuple[Path, Path, Path]:
+    model = tmp_path / "cnn.onnx"
+    onnx.save(conv_bn_relu_cnn(), model)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((40, 3, 16, 16)).astype(np.float32)
+    x[:, :, :2] *= 6.0  # a heavy tail for the methods to disagree on
+    np.savez(tmp_path / "calib.npz", input=x)
+    np.savez(tmp_path / "other.npz", input=rng.standard_normal((12, 3, 16, 16)).astype(np.float32))
+    return model, tmp_path / "calib.npz", tmp_path / "other.npz"
+
+
+def test_calibrate_auto_records_choice_and_is_deterministic(cnn: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from quant import api
+    from quant.cache.io import read_cache
+    from quant.calibrators.calibrate import collect_statistics
+    from quant.config import CalibrationOptions, DataOptions
+    from quant.datasets.loader import open_dataset
+    from quant.graph.load import input_specs, load_model
+    from quant.graph.qdq import calibration_tensors
+
+    model, calib, _other = cnn
+    opts = CalibrationOptions(method="auto")
+    first = api.calibrate(model, DataOptions(str(calib)), cache=tmp_path / "a.cache", options=opts)
+    again = api.calibrate(model, DataOptions(str(calib)), cache=tmp_path / "b.cache", options=opts)
+    assert (tmp_path / "a.cache").read_bytes() == (tmp_path / "b.cache").read_bytes()
+    assert first.auto is not None and first.auto["choice"] == again.auto["choice"]  # type: ignore[index]
+    assert first.cache_path.read_text().startswith("TRT-101300-EntropyCalibration2\n")
+    loaded = read_cache(tmp_path / "a.cache")
+    rec = AutoRecord.from_dict(loaded.auto or {})
+    assert rec.held_out == 8 and rec.statistics_samples == 32 and first.result.num_samples == 32
+    assert set(rec.scores) == {c.label for c in CANDIDATES}
+    assert rec.score.sqnr_db >= max(s.sqnr_db for s in rec.scores.values())
+    assert rec.evaluations <= rec.plan.max_evaluations
+    # the ranges are the chosen candidates' over the statistics samples only (not the held-out ones)
+    clean = cleanup(load_model(model))
+    full = open_dataset(str(calib), inputs=input_specs(clean), preprocess=None, max_samples=None, seed=0,
+                        on_bad_image="fail", workers=None)
+    stats_pos, held_pos = split_held_out(40, 8, seed=0)
+    col, n = collect_statistics(clean, SubsetDataset(full, stats_pos, tag="x"), calibration_tensors(clean), batch_size=8)
+    assert n == 32
+    table = candidate_ranges(col.stats())
+    for tensor, label in rec.choice.items():
+        assert loaded.amax[tensor] == pytest.approx(table[label][tensor], rel=1e-12)
+    # the saved statistics hold every sample, so another method recomputes without running the model
+    side = json.loads((tmp_path / "a.cache.json").read_text())
+    assert side["calibration"]["method"] == "auto"
+    third = api.calibrate(model, DataOptions(str(calib)), cache=tmp_path / "a.cache", options=opts)
+    assert third.action == "reused" and third.auto == first.auto
+    ent = api.calibrate(model, DataOptions(str(calib)), cache=tmp_path / "a.cache",
+                        options=CalibrationOptions(method="entropy"))
+    assert ent.action == "recomputed" and ent.result.num_samples == 40
+
+
+def test_calibrate_auto_needs_enough_samples(cnn: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from quant import api
+    from quant.config import CalibrationOptions, DataOptions
+
+    model, calib, _ = cnn
+    with pytest.raises(CalibrationError, match="--method auto holds part of --data aside"):
+        api.calibrate(model, DataOptions(str(calib), max_samples=10), cache=tmp_path / "c.cache",
+                      options=CalibrationOptions(method="auto"))
+
+
+def test_from_stats_auto_scores_on_other_data_only(cnn: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from quant import api
+    from quant.config import CalibrationOptions, DataOptions
+
+    model, calib, other = cnn
+    api.calibrate(model, DataOptions(str(calib)), cache=tmp_path / "e.cache")
+    stats = tmp_path / "e.cache.stats.npz"
+    auto = CalibrationOptions(method="auto")
+    with pytest.raises(UsageError, match="needs --data"):
+        api.calibrate_from_stats(model, stats, cache=tmp_path / "f.cache", options=auto)
+    with pytest.raises(UsageError, match="made the statistics"):
+        api.calibrate_from_stats(model, stats, cache=tmp_path / "f.cache", options=auto, data=DataOptions(str(calib)))
+    with pytest.raises(UsageError, match="only for --method auto"):
+        api.calibrate_from_stats(model, stats, cache=tmp_path / "f.cache", data=DataOptions(str(other)))
+    out = api.calibrate_from_stats(model, stats, cache=tmp_path / "f.cache", options=auto, data=DataOptions(str(other)))
+    assert out.auto is not None and out.auto["scoring_data"] == "separate" and out.auto["held_out"] == 12
+    assert out.result.method == "auto" and out.result.num_samples == 40
+    assert "scored on 12 samples of --data" in out.message
