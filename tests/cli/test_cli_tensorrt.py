@@ -53,3 +53,14 @@ def test_bad_shapes_spec_is_usage_error(tmp_path: Path, capsys: pytest.CaptureFi
                       "-o", str(tmp_path / "m.engine")], capsys)
     assert code == 2
     assert "--shapes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_tensorrt_rtx_backend_without_tensorrt_rtx(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # as if the extra were not installed
+    code, err = _run(["build", str(demo_model_path()), "--backend", "tensorrt-rtx", "-o", str(tmp_path / "m.engine")], capsys)
+    assert code == 1
+    assert err.strip() == "quant: error: TensorRT-RTX is not installed: pip install 'quant[tensorrt-rtx]' (no GPU needed to build engines)"
+    assert list(tmp_path.iterdir()) == []
