@@ -7,7 +7,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from quant.config import BuildOptions, CalibrationOptions, DataOptions, EvalOptions
 from quant.errors import UsageError
@@ -31,6 +31,8 @@ class RunOutcome:
     report: Report
     report_path: Path
     files: tuple[Path, ...]
+    # TensorRT's view of the INT8 model when the TensorRT check ran (a NetworkView), else None.
+    trt_check: Any = None
 
 
 def run(
@@ -45,11 +47,15 @@ def run(
     force: bool = False,
     progress: bool = False,
     command: Sequence[str] | None = None,
+    check_trt: bool | None = None,
 ) -> RunOutcome:
     """calibrate -> build INT8 and FP16 -> evaluate -> report, all files into ``out``.
 
     With no model and no data, runs the embedded demo (MNIST LeNet, its calibration and
-    evaluation splits).
+    evaluation splits). ``check_trt``: verify the INT8 model with NVIDIA's real ONNX parser and
+    builder right after it is written (:func:`quant.backends.tensorrt.check.check_with_tensorrt`;
+    TensorRT refusing it stops the run with TensorRT's message). None (default): when TensorRT-RTX
+    is installed (it needs no GPU), skipping with a warning a model whose dynamic H/W has no size.
     """
     from quant._io import ensure_dir
     from quant.graph.load import save_model
@@ -100,6 +106,7 @@ def run(
     # ONNX Runtime CPU form is saved as <stem>.int8-ort.onnx when int8-ort is evaluated.
     int8_path = out_dir / f"{stem}.int8.onnx"
     save_model(models_to_save["int8"], int8_path)
+    trt_check = _check_with_tensorrt(int8_path, check_trt)
     files = [cal.cache_path, cal.sidecar_path, *([cal.stats_path] if cal.stats_path else []), int8_path]
     fp16_path: Path | None = None
     if "fp16" in models_to_save:
@@ -137,4 +144,21 @@ def run(
         report=rep,
         report_path=report_path,
         files=tuple(files),
+        trt_check=trt_check,
     )
+
+
+def _check_with_tensorrt(int8_path: Path, check_trt: bool | None) -> Any:
+    """The TensorRT acceptance check of ``quant run`` (see :func:`run`); None when it did not run."""
+    from quant.backends.tensorrt import tensorrt_rtx_available
+    from quant.backends.tensorrt.check import check_with_tensorrt
+
+    if check_trt is False or (check_trt is None and not tensorrt_rtx_available()):
+        return None
+    try:
+        return check_with_tensorrt(int8_path, flavor="tensorrt-rtx" if check_trt is None else None)
+    except UsageError as exc:  # e.g. dynamic H/W without a size: not the model's fault
+        if check_trt:
+            raise
+        log.warning("TensorRT check skipped: %s (run 'quant build ... --check-trt --shapes ...')", exc)
+        return None
