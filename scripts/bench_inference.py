@@ -17,6 +17,12 @@ MatMulIntegerToFloat, ...), counted in the optimized graph ORT writes with
 
     python scripts/bench_inference.py                      # ResNet-50
     python scripts/bench_inference.py --models resnet50,transformer --batch-sizes 1,8 --cores 2
+    python scripts/bench_inference.py --accuracy model.onnx calib.npz eval.npz   # see _cpu_accuracy.py
+
+The throughput table has ``int8-ort`` (the CPU form built for VNNI CPUs: signed weights),
+``int8-ort-u8`` (built for x86 without VNNI: unsigned weights), ``int8-trt`` (TensorRT's placement,
+fused where ORT can) and ``int8-trt-exact`` (the same model as quant evaluates it: Q/DQ as float
+maths, exact on every CPU).
 """
 
 from __future__ import annotations
@@ -268,7 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=None, help="pin this process to this many CPUs")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--accuracy", nargs=3, type=Path, default=None, metavar=("MODEL", "CALIB", "EVAL"),
+                   help="instead of throughput: accuracy of the INT8 CPU forms of a real MODEL (calibrated on the "
+                   "CALIB .npz, measured on the EVAL .npz), exact and fused, here and on an emulated AVX2-only CPU")
+    p.add_argument("--method", default="entropy", help="quant's calibration method for --accuracy")
+    p.add_argument("--no-emulate", dest="emulate", action="store_false",
+                   help="--accuracy: skip the qemu-emulated AVX2-only measurement")
     args = p.parse_args(argv)
+    if args.accuracy is not None:
+        return _accuracy(args, argv)
     args.models = [m for m in args.models.split(",") if m]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     info = bc.cpu_info()
@@ -297,6 +311,31 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def _accuracy(args: argparse.Namespace, argv: list[str]) -> int:
+    import _cpu_accuracy as acc
+
+    model, calib, evald = args.accuracy
+    info = bc.cpu_info()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="quant-acc-"))
+    try:
+        acc.build(model, calib, work, method=args.method)
+        native = acc.measure(work, evald, ("exact", "fused"))
+        emul = acc.emulated(work, evald) if args.emulate else None
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join([
+        f"machine: {info}",
+        "command: python scripts/bench_inference.py " + " ".join(str(a) for a in argv),
+        "",
+        acc.render(model.parent.name or model.stem, native, emul, " ".join(info["isa"])),
+    ])
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "native": native, "emulated_avx2": emul}, indent=2))
     return 0
 
 
