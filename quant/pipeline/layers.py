@@ -81,14 +81,18 @@ def analyze_layers(
     )
 
 
-def _cache_stats(cache: str | Path, prepared: PreparedModel) -> tuple[dict[str, float], str | None, Any, str | None]:
-    """(amax, method, statistics or None, why no statistics) of a cache."""
+def _cache_stats(cache: str | Path, prepared: PreparedModel) -> tuple[dict[str, float], Any, Any, str | None]:
+    """(amax, method (or per tensor the method --method auto chose), statistics or None, why no
+    statistics) of a cache."""
     from quant.cache.io import read_cache
     from quant.calibrators.stats_io import load_stats, stats_path
 
     loaded = read_cache(cache)
     amax = {k: float(v) for k, v in loaded.amax.items() if v is not None}
-    method = loaded.method or loaded.parsed.algorithm
+    method: Any = loaded.method or loaded.parsed.algorithm
+    choice = (loaded.auto or {}).get("choice")
+    if isinstance(choice, dict):
+        method = choice  # --method auto: the histograms name each tensor's own method
     path = stats_path(cache)
     if not path.exists():
         return amax, method, None, f"no statistics file '{path}' next to the cache (quant calibrate writes one)"

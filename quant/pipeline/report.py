@@ -52,6 +52,8 @@ def make_report(
             "tensors_scope": side.get("tensors_scope"),
             "amax": amax_summary(loaded.amax, tuple(side.get("no_range") or ())),
         }
+        if loaded.auto is not None:  # --method auto: per tensor its method, every candidate's score
+            calib_section["auto"] = loaded.auto
         if calibration is not None:
             calib_section["seconds"] = round(calibration.seconds, 3)
             calib_section["reused"] = calibration.reused

@@ -52,7 +52,7 @@ def run(
     """calibrate -> build INT8 and FP16 -> evaluate -> report, all files into ``out``.
 
     With no model and no data, runs the embedded demo (MNIST LeNet, its calibration and
-    evaluation splits). ``check_trt``: verify the INT8 model with NVIDIA's real ONNX parser and
+    evaluation splits). Without ``calibration`` the method is ``auto``. ``check_trt``: verify the INT8 model with NVIDIA's real ONNX parser and
     builder right after it is written (:func:`quant.backends.tensorrt.check.check_with_tensorrt`;
     TensorRT refusing it stops the run with TensorRT's message). None (default): when TensorRT-RTX
     is installed (it needs no GPU), skipping with a warning a model whose dynamic H/W has no size.
@@ -73,7 +73,9 @@ def run(
                 "no --eval-data given: evaluating on the calibration data, which overstates INT8 accuracy"
             )
             eval_data = calib_data
-    calibration = calibration or CalibrationOptions()
+    # quant run picks the method per tensor by measured fidelity (docs/CALIBRATION.md); quant
+    # calibrate keeps TensorRT's entropy default, which a TensorRT user expects their cache to match
+    calibration = calibration or CalibrationOptions(method="auto")
     build_options = build_options or BuildOptions()
     eval_options = eval_options or EvalOptions()
     out_dir = ensure_dir(out)

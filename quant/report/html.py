@@ -526,7 +526,43 @@ def _calibration(cal: Mapping[str, Any] | None) -> str:
             for x in largest if isinstance(x, Mapping)
         ]
         out.append("<h3>Largest ranges</h3>" + _table(["tensor", "amax"], rows2, numeric=(1,)))
+    out.append(_method_scores(cal))
     return "\n".join(out)
+
+
+def _method_scores(cal: Mapping[str, Any]) -> str:
+    """Methods against fidelity (``--method auto``): each candidate for every tensor, and the
+    per-tensor choice, measured on the same held-out samples."""
+    from quant.report.sections import method_scores
+
+    rows = method_scores(cal)
+    if not rows:
+        return ""
+    record = _mapping(cal.get("auto"))
+    cost = _mapping(record.get("cost"))
+    body = []
+    for r in rows:
+        label = _e(r["label"]) + (" (best single)" if r["best_single"] else "")
+        if r["label"] == "auto":
+            label = "<strong>auto (per tensor)</strong>"
+        sqnr = "&infin;" if r["sqnr_db"] is None else fmt_number(r["sqnr_db"], 2)
+        agree = "-" if r["agreement"] is None else fmt_number(r["agreement"], 1)
+        body.append([label, _e(_fmt_value(r["params"]) if r["params"] else "-"), sqnr, agree, _e(r["tensors"])])
+    where = (
+        f"{_e(record.get('held_out'))} calibration samples held aside from the statistics"
+        if record.get("scoring_data", "held-out") == "held-out"
+        else f"{_e(record.get('held_out'))} samples of separate scoring data"
+    )
+    note = _note(
+        f"Output SQNR and top-1 agreement with FP32 on {where}, TensorRT's exact INT8 arithmetic; "
+        f"{_e(record.get('evaluations'))} evaluations costing {_e(cost.get('passes'))}x one forward pass over "
+        "the calibration set. 'tensors' counts the tensors that chose each method."
+    )
+    return (
+        '<h3 id="methods">Methods against fidelity</h3>'
+        + _table(["method", "parameters", "SQNR dB", "top-1 agree %", "tensors"], body, numeric=(2, 3, 4))
+        + note
+    )
 
 
 def _build(build: Mapping[str, Any] | None) -> str:
@@ -602,7 +638,7 @@ def _environment(env: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-_MPL_MISSING = "Charts need matplotlib, which is not installed: <code>pip install 'quant[report]'</code>."
+_MPL_MISSING = "Charts need matplotlib (a quant dependency), which is not installed: <code>pip install matplotlib</code>."
 
 
 def render_html(report: Report) -> str:

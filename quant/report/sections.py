@@ -42,6 +42,7 @@ __all__ = [
     "downsample_histogram",
     "histogram_of",
     "layer_report_sections",
+    "method_scores",
     "read_sections",
 ]
 
@@ -261,7 +262,7 @@ def layer_report_sections(
     *,
     amax: Mapping[str, float],
     stats: Mapping[str, TensorStats] | None,
-    method: str | None,
+    method: str | Mapping[str, str] | None,
     batch_size: int,
     max_samples: int,
     data: str | None = None,
@@ -273,7 +274,8 @@ def layer_report_sections(
     """``{"layers": ..., "histograms": ...}`` for ``report.extra`` (JSON-ready dicts).
 
     ``stats`` are the calibration statistics (None: no histograms, ``stats_unavailable`` says
-    why); ``amax`` the cache's ranges; the histograms are those of the quantized inputs of the
+    why); ``amax`` the cache's ranges; ``method`` the calibration method, or per tensor the method
+    ``--method auto`` chose; the histograms are those of the quantized inputs of the
     ``worst`` worst layers, in that order, each tensor once. ``layers_unavailable`` says why
     there are no layer errors (then both sections carry that reason).
     """
@@ -299,7 +301,8 @@ def layer_report_sections(
             if st is None:
                 missing.append(tensor)
                 continue
-            items.append(histogram_of(tensor, st, amax=amax.get(tensor), method=method, layers=users, bins=bins))
+            how = method.get(tensor) if isinstance(method, Mapping) else method
+            items.append(histogram_of(tensor, st, amax=amax.get(tensor), method=how, layers=users, bins=bins))
     unavailable = stats_unavailable if stats is None else None
     if layers_unavailable is not None:
         unavailable = layers_unavailable
@@ -320,3 +323,50 @@ def read_sections(extra: Mapping[str, Any]) -> tuple[LayerSection | None, Histog
         None if hists is None else HistogramSection.from_dict(hists),
     )
 
+
+
+def method_scores(calibration: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Methods against fidelity, from a ``--method auto`` calibration section (``calibration["auto"]``,
+    the sidecar's record): one row per candidate (``label``, ``params``, ``sqnr_db``, ``agreement``,
+    ``tensors`` = how many tensors chose it), then the per-tensor choice (``label`` "auto"), all
+    measured on the same held-out samples. Empty when the calibration was not ``auto``."""
+    record = (calibration or {}).get("auto")
+    if not isinstance(record, Mapping):
+        return []
+    scores = record.get("scores")
+    if not isinstance(scores, Mapping):
+        return []
+    chosen: dict[str, int] = {}
+    for lab in (record.get("choice") or {}).values():
+        chosen[str(lab)] = chosen.get(str(lab), 0) + 1
+    params = {
+        str(c.get("label")): {k: v for k, v in c.items() if k not in ("label", "method")}
+        for c in record.get("candidates") or ()
+        if isinstance(c, Mapping)
+    }
+    rows: list[dict[str, Any]] = []
+    for label, sc in scores.items():
+        sc = sc if isinstance(sc, Mapping) else {}
+        rows.append(
+            {
+                "label": str(label),
+                "params": params.get(str(label), {}),
+                "sqnr_db": sc.get("sqnr_db"),
+                "agreement": sc.get("agreement"),
+                "tensors": chosen.get(str(label), 0),
+                "best_single": label == record.get("best_single"),
+            }
+        )
+    score = record.get("score")
+    final: Mapping[str, Any] = score if isinstance(score, Mapping) else {}
+    rows.append(
+        {
+            "label": "auto",
+            "params": {},
+            "sqnr_db": final.get("sqnr_db"),
+            "agreement": final.get("agreement"),
+            "tensors": sum(chosen.values()),
+            "best_single": False,
+        }
+    )
+    return rows

@@ -111,7 +111,8 @@ def check_screenshot(shot: Path) -> None:
 
 @pytest.fixture(scope="module")
 def demo_html(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The report.html that `quant run` writes for the embedded demo (smaller data to stay fast)."""
+    """The report.html that `quant run` writes for the embedded demo with its default options
+    (--method auto; matplotlib is a core dependency), on smaller data to stay fast."""
     from quant import api
     from quant.config import DataOptions
 
@@ -125,6 +126,13 @@ def demo_html(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_demo_report_loads_without_errors_and_every_image_shows(demo_html: str, tmp_path: Path) -> None:
+    # the default install draws the charts: no "Charts need matplotlib" note, the per-layer chart,
+    # the histograms, and the methods-against-fidelity table of the default --method auto
+    assert "Charts need matplotlib" not in demo_html
+    alts = re.findall(r'<img src="data:image/png;base64,[^"]+" alt="([^"]*)"', demo_html)
+    assert "bar chart of SQNR per layer" in alts
+    assert sum(a.startswith("histogram of ") for a in alts) >= 2
+    assert 'id="methods"' in demo_html and "auto (per tensor)" in demo_html
     result, shot, log = render(demo_html, tmp_path, "demo")
     assert result["errors"] == []
     assert console_lines(log) == []

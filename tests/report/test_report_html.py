@@ -193,7 +193,7 @@ def test_without_matplotlib_the_tables_remain(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     page = parse(render_html(with_layers(make_report())))
     assert page.images == []
-    assert "Charts need matplotlib" in page.plain and "quant[report]" in page.plain
+    assert "Charts need matplotlib" in page.plain and "pip install matplotlib" in page.plain
     assert "conv_b_out" in page.plain and "20,000 values" in page.plain
 
 
@@ -241,3 +241,44 @@ def test_worst_layer_line_names_the_worst_layer() -> None:
     assert worst_layer_line(rep) == "per-layer errors: none (no layer runs in INT8)"
     rep = with_layers(make_report(), errors=[layer("u", None, None, has_local=False)], stats={})
     assert worst_layer_line(rep) == "worst INT8 layer of 1: u (Conv), SQNR undefined in the INT8 model"
+
+
+def _auto_calibration(report: Report) -> Report:
+    """``report`` as a --method auto run records it: the sidecar's auto record in the calibration."""
+    from quant.calibrators.auto import CANDIDATES
+
+    scores = {c.label: {"sqnr_db": 10.0 + i, "agreement": 90.0 + i} for i, c in enumerate(CANDIDATES)}
+    scores["entropy"] = {"sqnr_db": None, "agreement": None}  # identical outputs: infinite SQNR
+    record = {
+        "metric": "sqnr",
+        "choice": {"a": "mse", "b": "mse", "c": "percentile 99.9"},
+        "candidates": [c.to_dict() for c in CANDIDATES],
+        "scores": scores,
+        "best_single": "mse",
+        "score": {"sqnr_db": 17.25, "agreement": 97.5},
+        "held_out": 16,
+        "scoring_data": "held-out",
+        "evaluations": 12,
+        "cost": {"passes": 2.5},
+    }
+    return replace(report, calibration={**(report.calibration or {}), "method": "auto", "auto": record})
+
+
+def test_methods_against_fidelity_table() -> None:
+    from quant.report.sections import method_scores
+
+    report = _auto_calibration(make_report())
+    rows = method_scores(report.calibration)
+    assert [r["label"] for r in rows][-1] == "auto" and len(rows) == 7
+    by = {r["label"]: r for r in rows}
+    assert by["mse"]["tensors"] == 2 and by["percentile 99.9"]["tensors"] == 1 and by["auto"]["tensors"] == 3
+    assert by["mse"]["best_single"] and by["percentile 99.9"]["params"] == {"percentile": 99.9}
+    page = parse(render_html(report))
+    assert "Methods against fidelity" in page.plain
+    assert "mse (best single)" in page.plain and "auto (per tensor)" in page.plain
+    assert "17.25" in page.plain and "97.5" in page.plain and "percentile=99.9" in page.plain
+    assert "16 calibration samples held aside" in page.plain and "2.5x one forward pass" in page.plain
+    assert "\u221e" in page.plain  # entropy's identical outputs
+    # a report of one fixed method has no such table (nothing was measured)
+    assert method_scores(make_report().calibration) == []
+    assert "Methods against fidelity" not in parse(render_html(make_report())).plain
