@@ -174,7 +174,7 @@ def build_command(
             f"budget not met ({outcome.fallback.budget.describe(outcome.fallback.metric)}): some layers cannot be "
             f"excluded by name; see {outcome.fallback_path}"
         )
-    if check_trt and outcome.precision == "int8":
+    if check_trt:
         view = api.check_tensorrt(
             outcome.output, shapes=trt_options.shapes, compute_capabilities=trt_options.compute_capabilities
         )
