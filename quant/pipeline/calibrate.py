@@ -205,7 +205,7 @@ def calibrate(
             data_fingerprint=data_fp.result, scope=options.scope,
         )
         extra: dict[str, Any] = {"data_manifest": manifest, "auto": auto_rec.to_dict()}
-        total_samples = auto_rec.statistics_samples + auto_rec.held_out
+        total_samples = result.num_samples
     else:
         result, collector = run_calibration(
             prepared.clean,
@@ -338,8 +338,10 @@ def _auto_calibration(
     data_fingerprint: Callable[[], str],
     scope: str,
 ) -> tuple[CalibrationResult, StatsCollector, AutoRecord]:
-    """``--method auto`` on ``dataset``: statistics from one seeded part, scoring on the held-out
-    rest (its statistics are collected too, so the saved statistics cover every sample)."""
+    """``--method auto`` on ``dataset``: the candidates' ranges from the statistics of one seeded
+    part are scored on the held-out rest; the chosen method of each tensor is then applied to the
+    statistics of every sample (the held-out part's are collected too), as a hyperparameter chosen
+    on a validation split is refitted on all the data. The saved statistics cover every sample."""
     from quant.calibrators.auto import SubsetDataset, held_out_count, split_held_out
     from quant.calibrators.calibrate import collect_statistics
     from quant.calibrators.result import CalibrationResult
@@ -352,16 +354,17 @@ def _auto_calibration(
     common = {"batch_size": batch_size, "num_bins": config.num_bins, "model_name": prepared.name}
     collector, n_stats = collect_statistics(prepared.clean, part, tensors, progress=progress, **common)  # type: ignore[arg-type]
     stats = collector.stats()
-    held_collector, _n_held = collect_statistics(prepared.clean, aside, tensors, **common)  # type: ignore[arg-type]
-    amax, record = _auto_search(
+    held_collector, n_held = collect_statistics(prepared.clean, aside, tensors, **common)  # type: ignore[arg-type]
+    _scored, record = _auto_search(
         prepared, stats, aside, config, batch_size=batch_size, calibration_samples=total, scoring_data="held-out"
     )
-    collector.merge(held_collector)  # the saved statistics: every sample, as for the other methods
+    collector.merge(held_collector)  # every sample's statistics: the final ranges and the saved file
+    amax = _refit(collector.stats(), record)
     result = CalibrationResult.from_ranges(
         amax,
         method="auto",
         params=config.params(),
-        num_samples=n_stats,
+        num_samples=n_stats + n_held,
         model_fingerprint=prepared.fingerprint.to_dict(),
         data_fingerprint=data_fingerprint(),
         tensors_scope=scope,
@@ -402,6 +405,13 @@ def _auto_from_stats(
         prepared, stats, scoring, config, batch_size=batch_size, calibration_samples=num_samples,
         scoring_data="separate",
     )
+
+
+def _refit(stats: Mapping[str, Any], record: AutoRecord) -> dict[str, float | None]:
+    """Each tensor's chosen candidate applied to ``stats`` (every calibration sample)."""
+    from quant.calibrators.auto import CANDIDATES, candidate_ranges, choose_amax
+
+    return choose_amax(candidate_ranges(stats, CANDIDATES), record.choice, record.best_single)
 
 
 def _auto_message(record: AutoRecord) -> str:
