@@ -119,12 +119,15 @@ def test_import_accepts_a_supported_module(monkeypatch: pytest.MonkeyPatch, no_c
     assert trt_pkg.installed_version() == TrtVersion(10, 3, 0, 26)
 
 
-def test_importing_quant_does_not_import_tensorrt_or_cuda() -> None:
+def test_importing_quant_does_not_import_tensorrt_tensorrt_rtx_or_cuda() -> None:
     code = (
         "import sys, quant, quant.backends.tensorrt as t, quant.cli.trt_options, "
         "quant.backends.tensorrt.options, quant.backends.tensorrt.builder, quant.backends.tensorrt.runner, "
-        "quant.backends.tensorrt.inspect, quant.backends.tensorrt.calibrator, quant.backends.tensorrt.cuda\n"
-        "bad = [m for m in ('tensorrt', 'tensorrt_bindings', 'cuda', 'cuda.bindings') if m in sys.modules]\n"
+        "quant.backends.tensorrt.inspect, quant.backends.tensorrt.calibrator, quant.backends.tensorrt.cuda, "
+        "quant.backends.tensorrt.flavors, quant.backends.tensorrt.network, quant.backends.tensorrt.check, "
+        "quant.backends.tensorrt.qdq_rules, quant.cli.main\n"
+        "bad = [m for m in ('tensorrt', 'tensorrt_bindings', 'tensorrt_rtx', 'tensorrt_rtx_bindings', 'cuda', "
+        "'cuda.bindings') if m in sys.modules]\n"
         "assert not bad, bad\n"
         "t.EngineBuildOptions; t.TrtVersion\n"
         "assert 'tensorrt' not in sys.modules\n"
