@@ -359,7 +359,8 @@ def inspect_engine(
         io_tensors=info.io_tensors,
         num_profiles=info.num_profiles,
         trt_version=side.trt_version,
-        gpu=side.gpu.describe(),
+        gpu=side.gpu.describe() if side.trt_flavor != "tensorrt-rtx"
+        else f"TensorRT-RTX targets {', '.join(side.compute_capabilities) or 'default'}",
         precision=side.precision,
         mode=side.mode,
     )

@@ -259,3 +259,69 @@ def test_check_and_network_view(tmp_path: Path) -> None:
     text = render_network_view(view)
     assert "TensorRT-RTX 1." in text and "quantize layers" in text and "(not written)" in text
     assert list(tmp_path.iterdir()) == [path]  # the check writes nothing
+
+
+# --------------------------------------------------------------------------------------------
+# The TensorRT API the shared code uses exists in TensorRT-RTX (the runner's and inspector's
+# too, which cannot run here): every ``trt.A.B`` chain in those modules, looked up for real.
+# --------------------------------------------------------------------------------------------
+
+#: Used only where the flavour has it: EXPLICIT_BATCH before TensorRT 10 (Capabilities decides).
+TENSORRT_ONLY = {"NetworkDefinitionCreationFlag.EXPLICIT_BATCH"}
+
+
+def _trt_chains(path: Path) -> set[str]:
+    import ast
+
+    chains: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute):
+            parts: list[str] = []
+            cur: ast.expr = node
+            while isinstance(cur, ast.Attribute):
+                parts.append(cur.attr)
+                cur = cur.value
+            if isinstance(cur, ast.Name) and cur.id == "trt":
+                chains.add(".".join(reversed(parts)))
+    # keep only the longest chains (A.B, not also A)
+    return {c for c in chains if not any(o.startswith(c + ".") for o in chains)}
+
+
+@pytest.mark.parametrize("module", ["network.py", "builder.py", "check.py", "runner.py", "inspect.py"])
+def test_tensorrt_api_used_by_the_shared_code_exists_in_tensorrt_rtx(module: str) -> None:
+    import tensorrt_rtx
+
+    import quant.backends.tensorrt as pkg
+
+    chains = _trt_chains(Path(pkg.__file__).parent / module) - TENSORRT_ONLY
+    assert chains or module == "check.py"
+    missing = []
+    for chain in sorted(chains):
+        obj: object = tensorrt_rtx
+        for part in chain.split("."):
+            if not hasattr(obj, part):
+                missing.append(chain)
+                break
+            obj = getattr(obj, part)
+    assert missing == []
+
+
+def test_runner_and_inspector_calls_exist_in_tensorrt_rtx() -> None:
+    """The engine, context, runtime and inspector methods TrtRunner and inspect_engine call (found
+    in their source), on TensorRT-RTX's classes: the GPU-only code at least names real API."""
+    import re
+
+    import tensorrt_rtx
+
+    import quant.backends.tensorrt as pkg
+
+    classes = {
+        "engine": tensorrt_rtx.ICudaEngine, "context": tensorrt_rtx.IExecutionContext,
+        "runtime": tensorrt_rtx.Runtime, "inspector": tensorrt_rtx.EngineInspector,
+    }
+    base = Path(pkg.__file__).parent
+    text = (base / "runner.py").read_text() + (base / "inspect.py").read_text()
+    calls = set(re.findall(r"\b(engine|context|runtime|inspector)\.([a-z_0-9]+)", text))
+    assert len(calls) > 10
+    missing = sorted(f"{owner}.{name}" for owner, name in calls if not hasattr(classes[owner], name))
+    assert missing == []
