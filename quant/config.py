@@ -62,7 +62,7 @@ class CalibrationOptions:
     num_bins: int = 2048
     scope: Scope = "all"
     trt_version: str | None = None  # e.g. "10.3" or "8.6"; None = quant's default TensorRT 10 header
-    auto_budget: float = 4.0
+    auto_budget: float = 2.5
     auto_seed: int = 0
 
     def __post_init__(self) -> None:

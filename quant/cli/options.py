@@ -110,7 +110,7 @@ def method_options(default: str = "entropy") -> Callable[[F], F]:
                      help="entropy = TensorRT EntropyCalibration2 (KL divergence); minmax; percentile; mse; "
                      "auto = per tensor the method whose ranges give the outputs the best measured SQNR "
                      "(scored on calibration samples held aside; docs/CALIBRATION.md)."),
-        click.option("--auto-budget", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+        click.option("--auto-budget", type=click.FloatRange(min=0, min_open=True), default=2.5, show_default=True,
                      help="For --method auto: the search's cost bound, in forward passes over the calibration set."),
         click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), default=99.99,
                      show_default=True, help="For --method percentile."),

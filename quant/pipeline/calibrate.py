@@ -251,7 +251,7 @@ class AutoConfig:
     """``--method auto``'s parameters, shaped like CalibConfig where the reuse check reads it."""
 
     num_bins: int = 2048
-    budget: float = 4.0
+    budget: float = 2.5
     seed: int = 0
     method: str = "auto"
 
