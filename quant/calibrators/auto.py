@@ -46,6 +46,7 @@ from quant.errors import CacheError, CalibrationError, UsageError
 if TYPE_CHECKING:
     import onnx
 
+    from quant.calibrators.stats import StatsCollector
     from quant.datasets.base import Batch, Dataset, DataSummary
 
 log = logging.getLogger(__name__)
@@ -654,6 +655,102 @@ def collect_feeds(dataset: Dataset, batch_size: int) -> list[dict[str, np.ndarra
     return [dict(b.feed) for b in dataset.batches(batch_size)]
 
 
+def score_and_search(
+    clean: onnx.ModelProto,
+    stats: Mapping[str, TensorStats],
+    scoring: Dataset,
+    *,
+    budget: float = DEFAULT_BUDGET,
+    seed: int = 0,
+    batch_size: int = 8,
+    calibration_samples: int,
+    scoring_data: str = "held-out",
+    threads: int | None = None,
+) -> tuple[dict[str, float | None], AutoRecord]:
+    """The candidates' ranges from ``stats``, scored on ``scoring`` (exact arithmetic) and searched
+    per tensor; returns those ranges for the chosen methods and the record."""
+    import time
+
+    start = time.perf_counter()
+    table = candidate_ranges(stats, CANDIDATES)
+    feeds = collect_feeds(scoring, batch_size)
+    with OutputScorer(clean, table["minmax"], feeds, threads=threads) as scorer:
+        plan = plan_search(
+            num_tensors=len(scorer.quantized),
+            num_candidates=len(CANDIDATES),
+            calibration_samples=calibration_samples,
+            held_out=scorer.samples,
+            budget=budget,
+        )
+        found = search(table, scorer.quantized, scorer, plan=plan)
+        forwards = scorer.forwards
+        held = scorer.samples
+    choice = {t: found.choice.get(t, found.best_single) for t in stats}
+    record = AutoRecord(
+        choice=choice,
+        candidates=tuple(c.to_dict() for c in CANDIDATES),
+        scores=found.scores,
+        best_single=found.best_single,
+        score=found.score,
+        searched=len(found.choice),
+        evaluations=found.evaluations,
+        plan=plan,
+        held_out=held,
+        statistics_samples=calibration_samples - held if scoring_data == "held-out" else calibration_samples,
+        seed=seed,
+        steps=found.steps,
+        scoring_data=scoring_data,
+        seconds=round(time.perf_counter() - start, 3),
+        cost={
+            "sample_forwards": forwards,
+            "calibration_samples": calibration_samples,
+            "passes": round(forwards / calibration_samples, 3),
+        },
+    )
+    return choose_amax(table, choice, found.best_single), record
+
+
+def auto_calibrate(
+    clean: onnx.ModelProto,
+    dataset: Dataset,
+    tensors: Sequence[str],
+    *,
+    batch_size: int = 8,
+    num_bins: int = DEFAULT_NUM_BINS,
+    budget: float = DEFAULT_BUDGET,
+    seed: int = 0,
+    fixed_batch: int | None = None,
+    progress: bool = False,
+    model_name: str | None = None,
+) -> tuple[dict[str, float | None], StatsCollector, int, AutoRecord]:
+    """``--method auto`` over ``dataset``: the candidates' ranges from the statistics of a seeded
+    part are scored on the held-out rest (:func:`score_and_search`); each tensor's chosen method is
+    then applied to the statistics of every sample (the held-out part's are collected too), as a
+    hyperparameter chosen on a validation split is refitted on all the data.
+
+    Returns (amax, the collector of every sample's statistics, the samples seen, the record)."""
+    from quant.calibrators.calibrate import collect_statistics
+
+    total = len(dataset)
+    held = held_out_count(total, batch=fixed_batch)
+    stats_pos, held_pos = split_held_out(total, held, seed=seed)
+    part = SubsetDataset(dataset, stats_pos, tag="auto statistics")
+    aside = SubsetDataset(dataset, held_pos, tag="auto held-out")
+    collector, n_stats = collect_statistics(
+        clean, part, tensors, batch_size=batch_size, num_bins=num_bins, progress=progress, model_name=model_name
+    )
+    stats = collector.stats()
+    held_collector, n_held = collect_statistics(
+        clean, aside, tensors, batch_size=batch_size, num_bins=num_bins, model_name=model_name
+    )
+    _scored, record = score_and_search(
+        clean, stats, aside, budget=budget, seed=seed, batch_size=batch_size, calibration_samples=total
+    )
+    collector.merge(held_collector)
+    amax = choose_amax(candidate_ranges(collector.stats(), CANDIDATES), record.choice, record.best_single)
+    return amax, collector, n_stats + n_held, record
+
+
 def auto_params(*, num_bins: int, budget: float, seed: int, candidates: Sequence[Candidate] = CANDIDATES) -> dict[str, Any]:
     """The parameters of an auto calibration, as the sidecar records them (reuse compares them)."""
     return {
@@ -676,6 +773,7 @@ __all__ = [
     "SearchPlan",
     "SearchResult",
     "SubsetDataset",
+    "auto_calibrate",
     "auto_params",
     "candidate_ranges",
     "choose_amax",
@@ -683,6 +781,7 @@ __all__ = [
     "held_out_count",
     "plan_search",
     "scale_input_model",
+    "score_and_search",
     "search",
     "split_groups",
     "split_held_out",

@@ -277,54 +277,12 @@ def _auto_search(
     scoring_data: str,
 ) -> tuple[dict[str, float | None], AutoRecord]:
     """Score the candidates on ``scoring`` and search per tensor (quant.calibrators.auto)."""
-    from quant.calibrators.auto import (
-        CANDIDATES,
-        AutoRecord,
-        OutputScorer,
-        candidate_ranges,
-        choose_amax,
-        collect_feeds,
-        plan_search,
-        search,
-    )
+    from quant.calibrators.auto import score_and_search
 
-    start = time.perf_counter()
-    table = candidate_ranges(stats, CANDIDATES)
-    feeds = collect_feeds(scoring, batch_size)
-    with OutputScorer(prepared.clean, table["minmax"], feeds) as scorer:
-        plan = plan_search(
-            num_tensors=len(scorer.quantized),
-            num_candidates=len(CANDIDATES),
-            calibration_samples=calibration_samples,
-            held_out=scorer.samples,
-            budget=config.budget,
-        )
-        found = search(table, scorer.quantized, scorer, plan=plan)
-        forwards = scorer.forwards
-        held = scorer.samples
-    choice = {t: found.choice.get(t, found.best_single) for t in stats}
-    record = AutoRecord(
-        choice=choice,
-        candidates=tuple(c.to_dict() for c in CANDIDATES),
-        scores=found.scores,
-        best_single=found.best_single,
-        score=found.score,
-        searched=len(found.choice),
-        evaluations=found.evaluations,
-        plan=plan,
-        held_out=held,
-        statistics_samples=calibration_samples - held if scoring_data == "held-out" else calibration_samples,
-        seed=config.seed,
-        steps=found.steps,
-        scoring_data=scoring_data,
-        seconds=round(time.perf_counter() - start, 3),
-        cost={
-            "sample_forwards": forwards,
-            "calibration_samples": calibration_samples,
-            "passes": round(forwards / calibration_samples, 3),
-        },
+    return score_and_search(
+        prepared.clean, stats, scoring, budget=config.budget, seed=config.seed, batch_size=batch_size,
+        calibration_samples=calibration_samples, scoring_data=scoring_data,
     )
-    return choose_amax(table, choice, found.best_single), record
 
 
 def _auto_calibration(
@@ -338,33 +296,19 @@ def _auto_calibration(
     data_fingerprint: Callable[[], str],
     scope: str,
 ) -> tuple[CalibrationResult, StatsCollector, AutoRecord]:
-    """``--method auto`` on ``dataset``: the candidates' ranges from the statistics of one seeded
-    part are scored on the held-out rest; the chosen method of each tensor is then applied to the
-    statistics of every sample (the held-out part's are collected too), as a hyperparameter chosen
-    on a validation split is refitted on all the data. The saved statistics cover every sample."""
-    from quant.calibrators.auto import SubsetDataset, held_out_count, split_held_out
-    from quant.calibrators.calibrate import collect_statistics
+    """``--method auto`` on ``dataset`` (:func:`quant.calibrators.auto.auto_calibrate`)."""
+    from quant.calibrators.auto import auto_calibrate
     from quant.calibrators.result import CalibrationResult
 
-    total = len(dataset)
-    held = held_out_count(total, batch=_fixed_batch(prepared))
-    stats_pos, held_pos = split_held_out(total, held, seed=config.seed)
-    part = SubsetDataset(dataset, stats_pos, tag="auto statistics")
-    aside = SubsetDataset(dataset, held_pos, tag="auto held-out")
-    common = {"batch_size": batch_size, "num_bins": config.num_bins, "model_name": prepared.name}
-    collector, n_stats = collect_statistics(prepared.clean, part, tensors, progress=progress, **common)  # type: ignore[arg-type]
-    stats = collector.stats()
-    held_collector, n_held = collect_statistics(prepared.clean, aside, tensors, **common)  # type: ignore[arg-type]
-    _scored, record = _auto_search(
-        prepared, stats, aside, config, batch_size=batch_size, calibration_samples=total, scoring_data="held-out"
+    amax, collector, num_samples, record = auto_calibrate(
+        prepared.clean, dataset, tensors, batch_size=batch_size, num_bins=config.num_bins, budget=config.budget,
+        seed=config.seed, fixed_batch=_fixed_batch(prepared), progress=progress, model_name=prepared.name,
     )
-    collector.merge(held_collector)  # every sample's statistics: the final ranges and the saved file
-    amax = _refit(collector.stats(), record)
     result = CalibrationResult.from_ranges(
         amax,
         method="auto",
         params=config.params(),
-        num_samples=n_stats + n_held,
+        num_samples=num_samples,
         model_fingerprint=prepared.fingerprint.to_dict(),
         data_fingerprint=data_fingerprint(),
         tensors_scope=scope,
@@ -405,13 +349,6 @@ def _auto_from_stats(
         prepared, stats, scoring, config, batch_size=batch_size, calibration_samples=num_samples,
         scoring_data="separate",
     )
-
-
-def _refit(stats: Mapping[str, Any], record: AutoRecord) -> dict[str, float | None]:
-    """Each tensor's chosen candidate applied to ``stats`` (every calibration sample)."""
-    from quant.calibrators.auto import CANDIDATES, candidate_ranges, choose_amax
-
-    return choose_amax(candidate_ranges(stats, CANDIDATES), record.choice, record.best_single)
 
 
 def _auto_message(record: AutoRecord) -> str:
