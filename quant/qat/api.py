@@ -90,7 +90,9 @@ class QatOptions:
     def __post_init__(self) -> None:
         from quant.calibrators.methods import CalibConfig
 
-        CalibConfig(method=self.method, percentile=self.percentile, num_bins=self.num_bins)  # validates
+        # validates ("auto" picks among the methods per quantizer: quant.calibrators.auto)
+        CalibConfig(method="entropy" if self.method == "auto" else self.method, percentile=self.percentile,
+                    num_bins=self.num_bins)
         if self.calib_samples is not None and self.calib_samples < 1:
             raise UsageError(f"--calib-samples must be at least 1, got {self.calib_samples}")
         for name in ("batch_size", "eval_batch_size"):
@@ -251,13 +253,24 @@ def _ptq_model(
         from quant.calibrators.calibrate import collect_statistics
         from quant.calibrators.methods import CalibConfig, compute_amax
 
-        config = CalibConfig(method=options.method, percentile=options.percentile, num_bins=options.num_bins)
         tensors = calibration_tensors(fp32_clean, scope="qdq")
-        collector, n = collect_statistics(
-            fp32_clean, calib, tensors, batch_size=options.eval_batch_size, num_bins=options.num_bins, progress=progress
-        )
-        amax = {k: v for k, v in compute_amax(collector.stats(), config).items() if v is not None}
-        info = {"source": f"calibration:{options.method}", "num_samples": n}
+        if options.method == "auto":  # the same search as quant calibrate --method auto
+            from quant.calibrators.auto import auto_calibrate
+
+            ranges, _collector, n, record = auto_calibrate(
+                fp32_clean, calib, tensors, batch_size=options.eval_batch_size, num_bins=options.num_bins,
+                seed=options.seed, progress=progress,
+            )
+            amax = {k: v for k, v in ranges.items() if v is not None}
+            info = {"source": "calibration:auto", "num_samples": n, "auto": record.to_dict()}
+        else:
+            config = CalibConfig(method=options.method, percentile=options.percentile, num_bins=options.num_bins)
+            collector, n = collect_statistics(
+                fp32_clean, calib, tensors, batch_size=options.eval_batch_size, num_bins=options.num_bins,
+                progress=progress,
+            )
+            amax = {k: v for k, v in compute_amax(collector.stats(), config).items() if v is not None}
+            info = {"source": f"calibration:{options.method}", "num_samples": n}
     else:
         return None, {"source": None, "reason": "no calibration dataset (only a batch iterable) and no cache"}
     # quant build's default placement: --include/--exclude name PyTorch modules, which are not
@@ -372,7 +385,7 @@ def run_qat(
         )
         qmodel.to(dev)
         calibrated = calibrate_model(qmodel, batches, method=opts.method, percentile=opts.percentile,
-                                     num_bins=opts.num_bins, only=only)
+                                     num_bins=opts.num_bins, only=only, seed=opts.seed)
         qmodel.cpu()
         init = calibrated if init is None else merge_init(init, calibrated)
         if init.disabled:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +46,7 @@ class AmaxInit:
     num_samples: int = 0
     unmatched: tuple[str, ...] = ()
     disabled: tuple[str, ...] = field(default=())
+    auto: dict[str, Any] | None = None  # method="auto": quant.calibrators.auto.AutoRecord.to_dict()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -52,6 +55,7 @@ class AmaxInit:
             "num_samples": self.num_samples,
             "unmatched": list(self.unmatched),
             "disabled": list(self.disabled),
+            **({"auto": self.auto} if self.auto is not None else {}),
         }
 
 
@@ -93,8 +97,17 @@ def calibrate_model(
     max_batches: int | None = None,
     only: Iterable[str] | None = None,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    auto_budget: float = 2.5,
+    seed: int = 0,
 ) -> AmaxInit:
     """Calibrate the activation quantizers of a quantized ``model`` and set their amax.
+
+    ``method="auto"`` picks each quantizer's method as ``quant calibrate --method auto`` does
+    (:mod:`quant.calibrators.auto`): a seeded 1/8 of the samples (8 to 32) is held aside, the
+    candidates' ranges from the other samples' statistics are scored by the SQNR of the model's
+    outputs with fake quantization (Q/DQ as float maths, TensorRT's arithmetic up to float
+    rounding) against the float model on the held-out samples, and each quantizer's chosen method is
+    refitted on every sample's statistics; the record is :attr:`AmaxInit.auto`.
 
     ``batches`` yields model inputs (a tensor, or a tuple of tensors passed positionally), on
     any device (moved to the model's). ``only`` restricts calibration to those quantizer names
@@ -105,8 +118,9 @@ def calibrate_model(
     from quant.calibrators.methods import CalibConfig, compute_amax
     from quant.calibrators.stats import StatsCollector
 
+    auto = method == "auto"
     try:
-        config = CalibConfig(method=method, percentile=percentile, num_bins=num_bins)
+        config = CalibConfig(method="entropy" if auto else method, percentile=percentile, num_bins=num_bins)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"calibration method {method!r}: {exc}") from exc
     all_q = quantizers(model)
@@ -117,6 +131,10 @@ def calibrate_model(
     if unknown:
         raise UsageError(f"no quantizer named {unknown[0]!r}; known: {', '.join(sorted(all_q)[:8])} ...")
     collector = StatsCollector(num_bins=num_bins)
+    held_collector = StatsCollector(num_bins=num_bins)
+    sink = [collector]  # where the hooks put statistics: the held-out samples' go apart for auto
+    held_inputs: list[tuple[torch.Tensor, ...]] = []
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x51A7])
     device = _model_device(model)
 
     def make_hook(module_name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
@@ -131,7 +149,7 @@ def calibrate_model(
                         f"calibration: input of quantizer '{full}' has NaN or inf values; "
                         "check the model's weights and the calibration data's preprocessing"
                     )
-                collector.collect(full, array)
+                sink[0].collect(full, array)
 
         return hook
 
@@ -146,8 +164,22 @@ def calibrate_model(
                 if max_batches is not None and i >= max_batches:
                     break
                 args = tuple(t.to(device) for t in _as_args(inputs))
+                n = int(args[0].shape[0]) if args[0].dim() else 1
+                num_samples += n
+                if auto and args[0].dim():
+                    held = torch.from_numpy(rng.random(n) < _HELD_OUT_SHARE).to(device)
+                    room = _MAX_HELD_OUT - sum(int(h[0].shape[0]) for h in held_inputs)
+                    held &= torch.cumsum(held.long(), 0) <= room
+                    if bool(held.any()):
+                        aside = tuple(t[held] for t in args)
+                        held_inputs.append(tuple(t.detach().clone() for t in aside))
+                        sink[0] = held_collector
+                        model(*aside)
+                        sink[0] = collector
+                        args = tuple(t[~held] for t in args)
+                        if int(args[0].shape[0]) == 0:
+                            continue
                 model(*args)
-                num_samples += int(args[0].shape[0]) if args[0].dim() else 1
     finally:
         for h in handles:
             h.remove()
@@ -161,7 +193,14 @@ def calibrate_model(
             f"quantizer '{missing[0]}' never saw an input during calibration ({len(missing)} such); "
             "is that module unused in forward()? exclude it from quantization"
         )
-    computed = compute_amax({k: stats[k] for k in targets}, config)
+    record: dict[str, Any] | None = None
+    if auto:
+        computed, record = _auto_amax(
+            model, all_q, sorted(targets, key=list(all_q).index), collector, held_collector, held_inputs,
+            num_samples=num_samples, budget=auto_budget, seed=seed,
+        )
+    else:
+        computed = compute_amax({k: stats[k] for k in targets}, config)
     amax: dict[str, float | None] = {}
     source: dict[str, str] = {}
     disabled: list[str] = []
@@ -178,11 +217,118 @@ def calibrate_model(
         q.set_amax(float(value))
         q.enabled = True
         amax[name] = float(q.amax.item())
-        source[name] = f"calibration:{method}"
+        source[name] = f"calibration:{method}" if record is None else f"calibration:auto:{record['choice'][name]}"
     if disabled:
         _float_modules_with_disabled(model, disabled)
     log.info("calibrated %d quantizers on %d samples (%s)", len(amax), num_samples, method)
-    return AmaxInit(amax=amax, source=source, num_samples=num_samples, disabled=tuple(disabled))
+    return AmaxInit(amax=amax, source=source, num_samples=num_samples, disabled=tuple(disabled), auto=record)
+
+
+_HELD_OUT_SHARE = 0.125
+_MAX_HELD_OUT = 32
+
+
+def _auto_amax(
+    model: nn.Module,
+    all_q: Mapping[str, ActQuantizer],
+    targets: Sequence[str],
+    collector: Any,
+    held_collector: Any,
+    held_inputs: Sequence[tuple[torch.Tensor, ...]],
+    *,
+    num_samples: int,
+    budget: float,
+    seed: int,
+) -> tuple[dict[str, float | None], dict[str, Any]]:
+    """The auto search over the quantizers (see :func:`calibrate_model`)."""
+    import time
+
+    from quant.calibrators.auto import (
+        CANDIDATES,
+        MIN_HELD_OUT,
+        AutoRecord,
+        Score,
+        candidate_ranges,
+        choose_amax,
+        plan_search,
+        search,
+    )
+
+    held = sum(int(h[0].shape[0]) for h in held_inputs)
+    if held < 1 or held >= num_samples:
+        raise CalibrationError(
+            f"calibration method 'auto' holds each sample aside with probability 1/8 (at most {_MAX_HELD_OUT}) to "
+            f"score the methods and held {held} of {num_samples}; give more calibration samples (at least "
+            f"{8 * MIN_HELD_OUT} recommended) or pick a method"
+        )
+    start = time.perf_counter()
+    stats = collector.stats()
+    table = candidate_ranges({k: stats[k] for k in targets}, CANDIDATES)
+    with torch.no_grad(), quantization_disabled(model):
+        reference = [_flat_outputs(model(*args)) for args in held_inputs]
+    forwards = held
+
+    def score(amax: Mapping[str, float]) -> Score:
+        nonlocal forwards
+        for name, value in amax.items():
+            all_q[name].set_amax(float(value))
+            all_q[name].enabled = True
+        signal = noise = 0.0
+        worst = math.inf
+        with torch.no_grad():
+            outs = [_flat_outputs(model(*args)) for args in held_inputs]
+        forwards += held
+        for k in range(len(reference[0])):
+            signal = sum(float(torch.sum(r[k].double() ** 2)) for r in reference)
+            noise = sum(float(torch.sum((o[k].double() - r[k].double()) ** 2)) for o, r in zip(outs, reference, strict=True))
+            worst = min(worst, math.inf if noise == 0 else -math.inf if signal == 0 else 10 * math.log10(signal / noise))
+        r0 = torch.cat([r[0].reshape(r[0].shape[0], -1) for r in reference])
+        o0 = torch.cat([o[0].reshape(o[0].shape[0], -1) for o in outs])
+        agree = 100.0 * float((r0.argmax(1) == o0.argmax(1)).double().mean()) if r0.shape[1] > 1 else None
+        return Score(sqnr_db=worst, agreement=agree)
+
+    was_training = model.training
+    model.eval()
+    try:
+        plan = plan_search(num_tensors=len(targets), num_candidates=len(CANDIDATES),
+                           calibration_samples=num_samples, held_out=held, budget=budget)
+        found = search(table, targets, score, plan=plan)
+    finally:
+        model.train(was_training)
+    collector.merge(held_collector)
+    full = collector.stats()
+    choice = {t: found.choice.get(t, found.best_single) for t in targets}
+    amax = choose_amax(candidate_ranges({k: full[k] for k in targets}, CANDIDATES), choice, found.best_single)
+    record = AutoRecord(
+        choice=choice,
+        candidates=tuple(c.to_dict() for c in CANDIDATES),
+        scores=found.scores,
+        best_single=found.best_single,
+        score=found.score,
+        searched=len(found.choice),
+        evaluations=found.evaluations,
+        plan=plan,
+        held_out=held,
+        statistics_samples=num_samples - held,
+        seed=seed,
+        steps=found.steps,
+        seconds=round(time.perf_counter() - start, 3),
+        cost={"sample_forwards": forwards, "calibration_samples": num_samples,
+              "passes": round(forwards / num_samples, 3)},
+    )
+    log.info("auto: %s; best single %s", ", ".join(f"{k} {v}" for k, v in record.method_counts().items()), found.best_single)
+    return amax, record.to_dict()
+
+
+def _flat_outputs(out: Any) -> list[torch.Tensor]:
+    """A model's output(s) as a list of float tensors (a tensor, or a tuple / list / dict of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out.detach().float()]
+    if isinstance(out, Mapping):
+        return [t for v in out.values() for t in _flat_outputs(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _flat_outputs(v)]
+    return []
 
 
 def _float_modules_with_disabled(model: nn.Module, disabled: Iterable[str]) -> None:

@@ -176,3 +176,35 @@ def test_load_amax_with_no_match_is_a_cache_error() -> None:
     q: Any = quantize_model(small_cnn())
     with pytest.raises(CacheError, match=r"cache 'x.cache': none of the model's 6 quantizer inputs is in the cache \(first expected tensor: 'input'\)"):
         load_amax(q, {"something_else": 1.0}, {"conv1.input_quantizer": ("input",)}, cache_name="cache 'x.cache'")
+
+
+def test_auto_picks_per_quantizer_by_measured_fidelity_and_refits_on_all_samples() -> None:
+    """method="auto": a seeded held-out part scores the candidates with fake quantization; the
+    final ranges are each quantizer's chosen method over every sample's statistics."""
+    from quant.calibrators.auto import CANDIDATES, AutoRecord, candidate_ranges
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x, _ = blobs(160)
+    x[:4] *= 30.0  # outliers for the methods to disagree on
+    q: Any = quantize_model(model)
+    init = calibrate_model(q, _batches(x), method="auto", seed=1)
+    again = calibrate_model(quantize_model(model), _batches(x), method="auto", seed=1)
+    assert init.auto is not None and again.auto is not None
+    assert init.amax == again.amax  # seeded, deterministic (only the timing differs)
+    assert {**init.auto, "seconds": 0} == {**again.auto, "seconds": 0}
+    rec = AutoRecord.from_dict(init.auto)
+    assert 1 <= rec.held_out <= 32 and rec.statistics_samples == 160 - rec.held_out
+    assert set(rec.scores) == {c.label for c in CANDIDATES}
+    assert rec.score.sqnr_db >= max(s.sqnr_db for s in rec.scores.values())
+    ref = StatsCollector()
+    for b in _batches(x):
+        with torch.no_grad():
+            ref.collect("0.input_quantizer", b.numpy())
+            ref.collect("3.input_quantizer", torch.flatten(model[1](model[0](b)), 1).numpy())
+    table = candidate_ranges(ref.stats())
+    for name, label in rec.choice.items():
+        assert init.amax[name] == pytest.approx(table[label][name], rel=1e-6)
+        assert init.source[name] == f"calibration:auto:{label}"
+    with pytest.raises(CalibrationError, match="held 0 of 1"):
+        calibrate_model(quantize_model(model), [torch.from_numpy(x[:1])], method="auto", seed=3)
