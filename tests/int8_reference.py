@@ -51,10 +51,12 @@ def _channel_scale(scale: np.ndarray, axis: int | None, ndim: int) -> np.ndarray
 
 
 def _quantize(x: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int | None) -> np.ndarray:
-    s = _channel_scale(scale.astype(np.float64), axis, x.ndim)
+    """QuantizeLinear in float32, as TensorRT's and ONNX's definition compute it: x / scale in
+    float32, rounded half to even, plus the zero point, saturated."""
+    s = _channel_scale(scale.astype(np.float32), axis, x.ndim)
     z = _channel_scale(zero.astype(np.int64), axis, x.ndim)
     lo, hi = (0, 255) if zero.dtype == np.uint8 else (-128, 127)
-    return np.clip(np.rint(x / s) + z, lo, hi).astype(np.int64)
+    return np.clip(np.rint(np.asarray(x, np.float32) / s).astype(np.int64) + z, lo, hi).astype(np.int64)
 
 
 def _int_conv(x: np.ndarray, w: np.ndarray, *, pads: list[int], strides: list[int], dilations: list[int],
