@@ -119,6 +119,9 @@ def render_auto_scores(record: dict[str, Any]) -> str:
     best = record.get("best_single")
     held = record.get("held_out")
     where = "held-out calibration samples" if record.get("scoring_data", "held-out") == "held-out" else "samples of --data"
+    folds = int((record.get("cost") or {}).get("folds") or 1)
+    if folds > 1:
+        where += f" ({folds} folds, each scored with ranges from the other samples' statistics)"
     lines = [f"auto: output SQNR (dB) and top-1 agreement (%) on {held} {where}, exact TensorRT arithmetic"]
     rows: list[tuple[str, str, str]] = []
     for label, sc in scores.items():

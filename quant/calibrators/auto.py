@@ -58,14 +58,17 @@ DEFAULT_BUDGET = 2.5
 #: a forward pass of the held-out samples, so this share sets the price of the search: 1/8 keeps
 #: six or more groups within the default budget on 128 samples.
 HELD_OUT_FRACTION = 0.125
-MIN_HELD_OUT = 8
+MIN_HELD_OUT = 8  # with 2 x this, the fewest samples that score
 MAX_HELD_OUT = 32
+#: Target size of a cross-validation fold on small sets, and the most folds.
+FOLD_SAMPLES = 6
+MAX_FOLDS = 4
 #: An improvement smaller than this (dB) is not taken (float rounding of scores is ~1e-6 dB).
 MIN_GAIN_DB = 0.01
 #: Runner-up candidates tried per group.
 ALTERNATIVES = 2
-#: Calibration samples --method auto needs (statistics + held-out).
-MIN_SAMPLES = 2 * MIN_HELD_OUT
+#: Calibration samples --method auto needs.
+MIN_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,7 @@ def _finite(x: float) -> float | None:
     return None if math.isinf(x) else float(x)  # JSON has no infinity; None = identical outputs
 
 
-ScoreFn = Callable[[Mapping[str, float]], Score]
+ScoreFn = Callable[[Mapping[str, Any]], Score]
 
 
 @dataclass(frozen=True)
@@ -242,23 +245,24 @@ class SearchResult:
 
 
 def search(
-    table: Mapping[str, Mapping[str, float | None]],
+    table: Mapping[str, Mapping[str, Any]],
     tensors: Sequence[str],
     score_fn: ScoreFn,
     *,
     plan: SearchPlan,
     min_gain: float = MIN_GAIN_DB,
 ) -> SearchResult:
-    """Greedy per-tensor search over ``table`` (label -> tensor -> amax, labels in tie-break order)
-    for the quantized ``tensors`` (graph order); ``score_fn`` measures one full assignment
-    (tensor -> amax) of those tensors. See the module docstring for the procedure."""
+    """Greedy per-tensor search over ``table`` (label -> tensor -> amax, or a tuple of amax, one per
+    scoring fold; labels in tie-break order) for the quantized ``tensors`` (graph order);
+    ``score_fn`` measures one full assignment (tensor -> table value) of those tensors. See the
+    module docstring for the procedure."""
     labels = list(table)
     if not labels:
         raise UsageError("auto calibration needs at least one candidate method")
     tensors = [t for t in tensors if all(table[lab].get(t) is not None for lab in labels)]
 
-    def assignment(choice: Mapping[str, str]) -> dict[str, float]:
-        return {t: float(table[choice[t]][t]) for t in tensors}  # type: ignore[arg-type]
+    def assignment(choice: Mapping[str, str]) -> dict[str, Any]:
+        return {t: table[choice[t]][t] for t in tensors}
 
     evaluations = 0
 
@@ -416,24 +420,46 @@ def choose_amax(
 # --------------------------------------------------------------------------------------------
 
 
-def held_out_count(num_samples: int, *, batch: int | None = None) -> int:
-    """How many of ``num_samples`` calibration samples are held aside for scoring: 1/8, between
-    8 and 32 (a multiple of ``batch`` for models with a fixed batch size). CalibrationError when
-    there are too few samples to hold any aside."""
+def scoring_plan(num_samples: int, *, batch: int | None = None) -> tuple[int, int]:
+    """(samples that score, folds): 1/8 of ``num_samples`` clamped to 16..32 samples score (all of
+    them for 16 to 19 samples). Where 1/8 of the set is fewer than about 6 samples, the scored
+    samples are cut into 2 to 4 folds of about 6, each scored with ranges from the statistics of
+    every other sample (cross-validation: a small set is not judged by a handful of images, and
+    the statistics behind each score keep most of the set); otherwise one fold. For models with a
+    fixed batch size: one fold of whole batches. CalibrationError when there are too few samples."""
     if num_samples < MIN_SAMPLES:
         raise CalibrationError(
             f"--method auto holds part of --data aside to score the methods and needs at least {MIN_SAMPLES} "
             f"samples (got {num_samples}); give more calibration data or pick a --method"
         )
-    h = min(MAX_HELD_OUT, max(MIN_HELD_OUT, round(num_samples * HELD_OUT_FRACTION)))
+    eighth = round(num_samples * HELD_OUT_FRACTION)
+    scored = min(num_samples, max(2 * MIN_HELD_OUT, min(MAX_HELD_OUT, eighth)))
     if batch is not None and batch > 1:
-        h = max(batch, h // batch * batch)
-        if num_samples - h < 1:
+        scored = max(batch, min(scored, num_samples - 1) // batch * batch)
+        if num_samples - scored < 1:
             raise CalibrationError(
                 f"--method auto: {num_samples} samples are too few for a model with fixed batch size {batch}; "
                 "give more calibration data or pick a --method"
             )
-    return h
+        return scored, 1
+    fold = max(FOLD_SAMPLES, eighth)
+    folds = max(1, min(MAX_FOLDS, round(scored / fold)))
+    return scored, folds
+
+
+def held_out_count(num_samples: int, *, batch: int | None = None) -> int:
+    """How many of ``num_samples`` calibration samples score the candidates (see :func:`scoring_plan`)."""
+    return scoring_plan(num_samples, batch=batch)[0]
+
+
+def split_folds(num_samples: int, scored: int, folds: int, *, seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(positions never scored, the scored positions cut into ``folds`` sorted folds): a seeded
+    choice, the same for the same count and seed; fold sizes differ by at most one."""
+    rest, held = split_held_out(num_samples, scored, seed=seed) if scored < num_samples else (
+        np.zeros(0, dtype=np.int64), np.arange(num_samples))
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xF01D])
+    order = rng.permutation(held)
+    return rest, [np.sort(order[i::folds]) for i in range(folds)]
 
 
 def split_held_out(num_samples: int, held_out: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -571,7 +597,8 @@ class OutputScorer:
     feeds, with TensorRT's exact arithmetic. Call it with tensor -> amax for every quantized tensor.
 
     ``feeds`` are the held-out batches (kept in memory: at most :data:`MAX_HELD_OUT` samples);
-    the FP32 reference outputs are computed once here."""
+    the FP32 reference outputs are computed once here. With ``folds`` (the fold of each batch),
+    a tensor's value may be a tuple of amax, one per fold: each batch is scored with its fold's."""
 
     def __init__(
         self,
@@ -580,6 +607,7 @@ class OutputScorer:
         feeds: Sequence[Mapping[str, np.ndarray]],
         *,
         threads: int | None = None,
+        folds: Sequence[int] | None = None,
     ) -> None:
         from quant.backends.onnxruntime import OrtRunner
 
@@ -594,6 +622,9 @@ class OutputScorer:
         self._runner = OrtRunner(self.sim.model, threads=threads, int8="exact", name="auto calibration scorer")
         self._classifier = _classifier_outputs(self.reference[0])
         self.forwards = self.samples  # sample forward passes spent (the reference pass)
+        self.folds = list(folds) if folds is not None else [0] * len(self.feeds)
+        if len(self.folds) != len(self.feeds):
+            raise UsageError("auto calibration: one fold index per scoring batch")
 
     @property
     def quantized(self) -> tuple[str, ...]:
@@ -608,18 +639,24 @@ class OutputScorer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __call__(self, amax: Mapping[str, float]) -> Score:
+    def _scales(self, amax: Mapping[str, Any], fold: int) -> dict[str, np.ndarray]:
         scales = {}
         for tensor, name in self.sim.scale_inputs.items():
             a = amax.get(tensor)
+            if isinstance(a, tuple):
+                a = a[fold]
             if a is None or not a > 0:
                 raise CalibrationError(f"auto calibration: no range for quantized tensor '{tensor}'")
             scales[name] = np.array(np.float32(a / 127.0), dtype=np.float32)
+        return scales
+
+    def __call__(self, amax: Mapping[str, Any]) -> Score:
+        by_fold = {k: self._scales(amax, k) for k in sorted(set(self.folds))}
         signal = dict.fromkeys(self.outputs, 0.0)
         noise = dict.fromkeys(self.outputs, 0.0)
         agree = total = 0
-        for feed, ref in zip(self.feeds, self.reference, strict=True):
-            out = self._runner.infer({**feed, **scales})
+        for feed, ref, fold in zip(self.feeds, self.reference, self.folds, strict=True):
+            out = self._runner.infer({**feed, **by_fold[fold]})
             self.forwards += int(next(iter(feed.values())).shape[0])
             for name in self.outputs:
                 r = np.asarray(ref[name], dtype=np.float64)
@@ -657,24 +694,36 @@ def collect_feeds(dataset: Dataset, batch_size: int) -> list[dict[str, np.ndarra
 
 def score_and_search(
     clean: onnx.ModelProto,
-    stats: Mapping[str, TensorStats],
-    scoring: Dataset,
+    stats: Sequence[Mapping[str, TensorStats]],
+    scoring: Sequence[Dataset],
     *,
     budget: float = DEFAULT_BUDGET,
     seed: int = 0,
     batch_size: int = 8,
     calibration_samples: int,
+    statistics_samples: int,
     scoring_data: str = "held-out",
     threads: int | None = None,
-) -> tuple[dict[str, float | None], AutoRecord]:
-    """The candidates' ranges from ``stats``, scored on ``scoring`` (exact arithmetic) and searched
-    per tensor; returns those ranges for the chosen methods and the record."""
+) -> AutoRecord:
+    """Score the candidates and search per tensor: fold ``k``'s samples (``scoring[k]``) are
+    scored with the ranges of ``stats[k]`` (statistics without them); exact arithmetic."""
     import time
 
+    if len(stats) != len(scoring) or not stats:
+        raise UsageError("auto calibration: one statistics set per scoring fold")
     start = time.perf_counter()
-    table = candidate_ranges(stats, CANDIDATES)
-    feeds = collect_feeds(scoring, batch_size)
-    with OutputScorer(clean, table["minmax"], feeds, threads=threads) as scorer:
+    tables = [candidate_ranges(st, CANDIDATES) for st in stats]
+    table = {
+        lab: {t: tuple(tb[lab][t] for tb in tables) for t in tables[0][lab]} for lab in tables[0]
+    }
+    feeds: list[dict[str, np.ndarray]] = []
+    folds: list[int] = []
+    for k, ds in enumerate(scoring):
+        part = collect_feeds(ds, batch_size)
+        feeds.extend(part)
+        folds.extend([k] * len(part))
+    base = {t: v[0] for t, v in table["minmax"].items()}
+    with OutputScorer(clean, base, feeds, threads=threads, folds=folds) as scorer:
         plan = plan_search(
             num_tensors=len(scorer.quantized),
             num_candidates=len(CANDIDATES),
@@ -682,11 +731,12 @@ def score_and_search(
             held_out=scorer.samples,
             budget=budget,
         )
-        found = search(table, scorer.quantized, scorer, plan=plan)
+        searched = [t for t in scorer.quantized if all(all(x is not None for x in table[lab][t]) for lab in table)]
+        found = search(table, searched, scorer, plan=plan)
         forwards = scorer.forwards
         held = scorer.samples
-    choice = {t: found.choice.get(t, found.best_single) for t in stats}
-    record = AutoRecord(
+    choice = {t: found.choice.get(t, found.best_single) for t in stats[0]}
+    return AutoRecord(
         choice=choice,
         candidates=tuple(c.to_dict() for c in CANDIDATES),
         scores=found.scores,
@@ -696,7 +746,7 @@ def score_and_search(
         evaluations=found.evaluations,
         plan=plan,
         held_out=held,
-        statistics_samples=calibration_samples - held if scoring_data == "held-out" else calibration_samples,
+        statistics_samples=statistics_samples,
         seed=seed,
         steps=found.steps,
         scoring_data=scoring_data,
@@ -705,9 +755,9 @@ def score_and_search(
             "sample_forwards": forwards,
             "calibration_samples": calibration_samples,
             "passes": round(forwards / calibration_samples, 3),
+            "folds": len(stats),
         },
     )
-    return choose_amax(table, choice, found.best_single), record
 
 
 def auto_calibrate(
@@ -723,32 +773,48 @@ def auto_calibrate(
     progress: bool = False,
     model_name: str | None = None,
 ) -> tuple[dict[str, float | None], StatsCollector, int, AutoRecord]:
-    """``--method auto`` over ``dataset``: the candidates' ranges from the statistics of a seeded
-    part are scored on the held-out rest (:func:`score_and_search`); each tensor's chosen method is
-    then applied to the statistics of every sample (the held-out part's are collected too), as a
-    hyperparameter chosen on a validation split is refitted on all the data.
+    """``--method auto`` over ``dataset``. The scored samples (:func:`scoring_plan`) are held
+    aside in folds; each fold is scored with the candidates' ranges from the statistics of every
+    other sample (:func:`score_and_search`); each tensor's chosen method is then applied to the
+    statistics of every sample, as a hyperparameter chosen on validation data is refitted on all
+    of it. Statistics are collected once per part (the folds and the rest) and merged exactly, so
+    the model runs over every sample once, as for any method.
 
     Returns (amax, the collector of every sample's statistics, the samples seen, the record)."""
     from quant.calibrators.calibrate import collect_statistics
 
     total = len(dataset)
-    held = held_out_count(total, batch=fixed_batch)
-    stats_pos, held_pos = split_held_out(total, held, seed=seed)
-    part = SubsetDataset(dataset, stats_pos, tag="auto statistics")
-    aside = SubsetDataset(dataset, held_pos, tag="auto held-out")
-    collector, n_stats = collect_statistics(
-        clean, part, tensors, batch_size=batch_size, num_bins=num_bins, progress=progress, model_name=model_name
+    scored, nfolds = scoring_plan(total, batch=fixed_batch)
+    rest_pos, fold_pos = split_folds(total, scored, nfolds, seed=seed)
+    parts = [SubsetDataset(dataset, pos, tag=f"auto fold {k + 1}/{nfolds}") for k, pos in enumerate(fold_pos)]
+    collected = []
+    seen = 0
+    for k, part in enumerate([*parts, SubsetDataset(dataset, rest_pos, tag="auto statistics")]):
+        if len(part) == 0:
+            continue
+        col, n = collect_statistics(
+            clean, part, tensors, batch_size=batch_size, num_bins=num_bins,
+            progress=progress and k == len(parts), model_name=model_name,
+        )
+        collected.append((k, col))
+        seen += n
+    from quant.calibrators.stats import StatsCollector
+
+    def merged(skip: int | None) -> StatsCollector:
+        out = StatsCollector(num_bins=num_bins)
+        for k, col in collected:
+            if k != skip:
+                out.merge(col)
+        return out
+
+    fold_stats = [merged(k).stats() for k in range(nfolds)]
+    record = score_and_search(
+        clean, fold_stats, parts, budget=budget, seed=seed, batch_size=batch_size, calibration_samples=total,
+        statistics_samples=total - scored // nfolds,
     )
-    stats = collector.stats()
-    held_collector, n_held = collect_statistics(
-        clean, aside, tensors, batch_size=batch_size, num_bins=num_bins, model_name=model_name
-    )
-    _scored, record = score_and_search(
-        clean, stats, aside, budget=budget, seed=seed, batch_size=batch_size, calibration_samples=total
-    )
-    collector.merge(held_collector)
-    amax = choose_amax(candidate_ranges(collector.stats(), CANDIDATES), record.choice, record.best_single)
-    return amax, collector, n_stats + n_held, record
+    everything = merged(None)
+    amax = choose_amax(candidate_ranges(everything.stats(), CANDIDATES), record.choice, record.best_single)
+    return amax, everything, seen, record
 
 
 def auto_params(*, num_bins: int, budget: float, seed: int, candidates: Sequence[Candidate] = CANDIDATES) -> dict[str, Any]:
@@ -779,6 +845,8 @@ __all__ = [
     "choose_amax",
     "collect_feeds",
     "held_out_count",
+    "scoring_plan",
+    "split_folds",
     "plan_search",
     "scale_input_model",
     "score_and_search",

@@ -277,12 +277,13 @@ def _auto_search(
     scoring_data: str,
 ) -> tuple[dict[str, float | None], AutoRecord]:
     """Score the candidates on ``scoring`` and search per tensor (quant.calibrators.auto)."""
-    from quant.calibrators.auto import score_and_search
+    from quant.calibrators.auto import CANDIDATES, candidate_ranges, choose_amax, score_and_search
 
-    return score_and_search(
-        prepared.clean, stats, scoring, budget=config.budget, seed=config.seed, batch_size=batch_size,
-        calibration_samples=calibration_samples, scoring_data=scoring_data,
+    record = score_and_search(
+        prepared.clean, [stats], [scoring], budget=config.budget, seed=config.seed, batch_size=batch_size,
+        calibration_samples=calibration_samples, statistics_samples=calibration_samples, scoring_data=scoring_data,
     )
+    return choose_amax(candidate_ranges(stats, CANDIDATES), record.choice, record.best_single), record
 
 
 def _auto_calibration(
@@ -351,12 +352,17 @@ def _auto_from_stats(
     )
 
 
+def _folds_text(record: AutoRecord) -> str:
+    folds = int(record.cost.get("folds") or 1)
+    return f" in {folds} folds, each scored with the others' statistics" if folds > 1 else ""
+
+
 def _auto_message(record: AutoRecord) -> str:
     counts = ", ".join(f"{lab} {n}" for lab, n in record.method_counts().items())
     best = record.scores[record.best_single]
     return (
         f"; auto chose per tensor ({counts}): SQNR {record.score.sqnr_db:.2f} dB on {record.held_out} held-out "
-        f"samples (best single method {record.best_single} {best.sqnr_db:.2f} dB), "
+        f"samples{_folds_text(record)} (best single method {record.best_single} {best.sqnr_db:.2f} dB), "
         f"{record.evaluations} evaluations, {record.cost.get('passes', 0):.2f}x a forward pass over the data"
     )
 

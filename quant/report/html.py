@@ -548,8 +548,10 @@ def _method_scores(cal: Mapping[str, Any]) -> str:
         sqnr = "&infin;" if r["sqnr_db"] is None else fmt_number(r["sqnr_db"], 2)
         agree = "-" if r["agreement"] is None else fmt_number(r["agreement"], 1)
         body.append([label, _e(_fmt_value(r["params"]) if r["params"] else "-"), sqnr, agree, _e(r["tensors"])])
+    folds = int(cost.get("folds") or 1)
     where = (
         f"{_e(record.get('held_out'))} calibration samples held aside from the statistics"
+        + (f" (in {folds} folds, each scored with ranges from the other samples)" if folds > 1 else "")
         if record.get("scoring_data", "held-out") == "held-out"
         else f"{_e(record.get('held_out'))} samples of separate scoring data"
     )

@@ -23,7 +23,9 @@ from quant.calibrators.auto import (
     held_out_count,
     plan_search,
     scale_input_model,
+    scoring_plan,
     search,
+    split_folds,
     split_groups,
     split_held_out,
 )
@@ -66,19 +68,27 @@ def test_candidate_labels_parse_back() -> None:
         Candidate("percentile", 101.0)
 
 
-def test_held_out_split_is_seeded_disjoint_and_bounded() -> None:
-    assert held_out_count(16) == 8
-    assert held_out_count(100) == 12  # 1/8, rounded
-    assert held_out_count(1000) == 32
-    assert held_out_count(100, batch=8) == 8  # a whole number of fixed-size batches
-    assert held_out_count(200) == 25
+def test_scoring_plan_and_folds_are_seeded_disjoint_and_bounded() -> None:
+    assert scoring_plan(16) == (16, 3)  # small sets: every sample scores, in folds of about 6
+    assert scoring_plan(19) == (16, 3)
+    assert scoring_plan(40) == (16, 3)
+    assert scoring_plan(128) == (16, 1)  # 1/8 held out once
+    assert scoring_plan(300) == (32, 1)
+    assert scoring_plan(10_000) == (32, 1)
+    assert scoring_plan(100, batch=8) == (16, 1)  # whole fixed-size batches, one fold
+    assert held_out_count(300) == 32
     with pytest.raises(CalibrationError, match="at least 16 samples"):
-        held_out_count(15)
+        scoring_plan(15)
+    rest, folds = split_folds(40, 16, 3, seed=3)
+    again = split_folds(40, 16, 3, seed=3)
+    assert np.array_equal(rest, again[0]) and all(np.array_equal(a, b) for a, b in zip(folds, again[1], strict=True))
+    assert sorted([*rest.tolist(), *(i for f in folds for i in f.tolist())]) == list(range(40))
+    assert sorted(len(f) for f in folds) == [5, 5, 6] and len(rest) == 24
+    assert not np.array_equal(np.concatenate(folds), np.concatenate(split_folds(40, 16, 3, seed=4)[1]))
+    rest, folds = split_folds(16, 16, 2, seed=0)
+    assert rest.size == 0 and sorted(np.concatenate(folds).tolist()) == list(range(16))
     a_stats, a_held = split_held_out(100, 20, seed=3)
-    b_stats, b_held = split_held_out(100, 20, seed=3)
-    assert np.array_equal(a_held, b_held) and np.array_equal(a_stats, b_stats)
     assert sorted([*a_stats.tolist(), *a_held.tolist()]) == list(range(100))
-    assert not np.array_equal(a_held, split_held_out(100, 20, seed=4)[1])
 
 
 def test_plan_search_counts_sample_forwards() -> None:
@@ -307,12 +317,13 @@ def test_calibrate_auto_records_choice_and_is_deterministic(cnn: tuple[Path, Pat
     assert first.cache_path.read_text().startswith("TRT-101300-EntropyCalibration2\n")
     loaded = read_cache(tmp_path / "a.cache")
     rec = AutoRecord.from_dict(loaded.auto or {})
-    assert rec.held_out == 8 and rec.statistics_samples == 32 and first.result.num_samples == 40
+    assert rec.held_out == 16 and rec.cost["folds"] == 3 and first.result.num_samples == 40
+    assert rec.statistics_samples == 40 - 16 // 3  # each fold is scored with the others' statistics
     assert set(rec.scores) == {c.label for c in CANDIDATES}
     assert rec.score.sqnr_db >= max(s.sqnr_db for s in rec.scores.values())
     assert rec.evaluations <= rec.plan.max_evaluations
-    # scored: ranges from the 32 statistics samples; written: each tensor's chosen method refitted on
-    # the statistics of all 40 samples (collected here independently)
+    # written: each tensor's chosen method refitted on the statistics of all 40 samples
+    # (collected here independently)
     clean = cleanup(load_model(model))
     full = open_dataset(str(calib), inputs=input_specs(clean), preprocess=None, max_samples=None, seed=0,
                         on_bad_image="fail", workers=None)
@@ -321,10 +332,6 @@ def test_calibrate_auto_records_choice_and_is_deterministic(cnn: tuple[Path, Pat
     table = candidate_ranges(col.stats())
     for tensor, label in rec.choice.items():
         assert loaded.amax[tensor] == pytest.approx(table[label][tensor], rel=1e-6)
-    stats_pos, held_pos = split_held_out(40, 8, seed=0)
-    part, _n = collect_statistics(clean, SubsetDataset(full, stats_pos, tag="x"), calibration_tensors(clean), batch_size=8)
-    scored = candidate_ranges(part.stats())
-    assert any(scored[lab][t] != table[lab][t] for lab in table for t in rec.choice)  # the refit changed ranges
     # the saved statistics hold every sample, so another method recomputes without running the model
     side = json.loads((tmp_path / "a.cache.json").read_text())
     assert side["calibration"]["method"] == "auto"
