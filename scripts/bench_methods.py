@@ -111,12 +111,24 @@ def _ort_static(model_path: Path, calib: np.ndarray, name: str, method: str, out
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.it, None)
 
+    # per-channel Q/DQ needs opset 13 (ORT writes an invalid model below it): convert first, as
+    # quant does internally
+    src = model_path
+    m = onnx.load(str(model_path))
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:
+        from onnx import version_converter
+
+        m = version_converter.convert_version(m, 13)
+        m.ir_version = max(m.ir_version, 7)
+        src = out.with_suffix(".op13.onnx")
+        onnx.save(m, str(src))
     pre = out.with_suffix(".pre.onnx")
     if not pre.exists():
         try:
-            quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=True)
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         except Exception:  # ORT's optional pre-processing; quantize the model as it is when it refuses
-            pre = model_path
+            pre = src
     quantize_static(
         str(pre),
         str(out),
@@ -171,6 +183,8 @@ def compare_model(directory: Path, work: Path, *, budget: float) -> dict[str, An
     rows.append({"tool": "quant", "method": "auto", "sqnr_db": s, "agreement": a, "seconds": time.perf_counter() - t,
                  "choice": _counts(record.get("choice") or {}), "held_out_sqnr_db": (record.get("score") or {}).get("sqnr_db"),
                  "best_single_held_out": record.get("best_single"), "evaluations": record.get("evaluations"),
+                 "calibration_scores": {k: (v or {}).get("sqnr_db") for k, v in (record.get("scores") or {}).items()},
+                 "folds": (record.get("cost") or {}).get("folds"), "scored_samples": record.get("held_out"),
                  "passes": (record.get("cost") or {}).get("passes")})
     for method in ORT_METHODS:
         t = time.perf_counter()
@@ -224,6 +238,15 @@ def render_compare(results: Sequence[dict[str, Any]]) -> str:
             agree = "-" if r["agreement"] is None else f"{r['agreement']:.1f}"
             table.append([r["tool"], r["method"], _db(r["sqnr_db"]), agree, note])
         lines.append(format_table(["tool", "method", "SQNR dB", "top-1 agree %", "note"], table))
+        auto = next((r for r in res["rows"] if r["method"] == "auto" and "sqnr_db" in r), None)
+        if auto is not None and auto.get("calibration_scores"):
+            cv = ", ".join(f"{k} {_db(v)}" for k, v in auto["calibration_scores"].items())
+            lines.append("")
+            lines.append(
+                f"auto's own scores (SQNR dB on {auto['scored_samples']} calibration samples, {auto['folds']} folds): "
+                f"{cv}; per-tensor result {_db(auto['held_out_sqnr_db'])}; {auto['evaluations']} evaluations, "
+                f"{auto['passes']}x a pass over the calibration set"
+            )
         lines.append("")
     return "\n".join(lines)
 
