@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 
+#: Variants whose model could not be made (the peer's error, first line), filled by :func:`build`.
+FAILED: dict[str, str] = {}
+
 VARIANTS = ("int8-trt", "int8-ort vnni", "int8-ort avx2", "ort quantize_static", "ort quantize_static reduce_range")
 
 
@@ -58,7 +61,16 @@ def build(model: Path, calib: Path, work: Path, *, method: str) -> None:
         api.build(str(model), output=work / _file(variant), cache=cache, options=options)
     for reduce_range in (False, True):
         name = "ort quantize_static" + (" reduce_range" if reduce_range else "")
-        _quantize_static(model, calib, work / _file(name), work, reduce_range=reduce_range)
+        try:
+            _quantize_static(model, calib, work / _file(name), work, reduce_range=reduce_range)
+            import onnxruntime as ort
+
+            ort.InferenceSession(str(work / _file(name)), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # the peer's failure is a result too: report it, measure the rest
+            (work / _file(name)).unlink(missing_ok=True)
+            first = str(exc).strip().splitlines()[0][:300]
+            FAILED[name] = first
+            print(f"  {name} failed: {first}", flush=True)
 
 
 def _quantize_static(model: Path, calib: Path, out: Path, work: Path, *, reduce_range: bool) -> None:
@@ -184,4 +196,5 @@ def render(name: str, native: dict[str, Any], emul: dict[str, Any] | None, cpu: 
     lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines += [f"{v}: failed: {why}" for v, why in FAILED.items()]
     return "\n".join(lines)
