@@ -165,6 +165,7 @@ def compare_model(directory: Path, work: Path, *, budget: float) -> dict[str, An
     rows: list[dict[str, Any]] = []
     cache = work / f"{directory.name}.cache"
     data = DataOptions(str(directory / "calib.npz"), batch_size=batch)
+    subset_amax, subset_n = _subset_ranges(clean, directory / "calib.npz", batch)
     for m in SINGLE:
         method, pct = (m, 99.99) if isinstance(m, str) else m
         t = time.perf_counter()
@@ -172,8 +173,10 @@ def compare_model(directory: Path, work: Path, *, budget: float) -> dict[str, An
         amax = read_cache(cache).amax
         q = insert_qdq(clean, amax).model
         s, a = fidelity(ref, _outputs(q, name, evald, batch), classifier)
+        s_sub, _ = fidelity(ref, _outputs(insert_qdq(clean, subset_amax[_label(m)]).model, name, evald, batch), classifier)
         rows.append({"tool": "quant", "method": _label(m), "sqnr_db": s, "agreement": a,
-                     "seconds": time.perf_counter() - t, "action": out.action})
+                     "seconds": time.perf_counter() - t, "action": out.action,
+                     "subset_sqnr_db": s_sub, "subset_samples": subset_n})
     t = time.perf_counter()
     out = api.calibrate(model_path, data, cache=work / f"{directory.name}.auto.cache",
                         options=CalibrationOptions(method="auto", auto_budget=budget))
@@ -205,6 +208,26 @@ def compare_model(directory: Path, work: Path, *, budget: float) -> dict[str, An
     }
 
 
+def _subset_ranges(clean: onnx.ModelProto, calib: Path, batch: int) -> tuple[dict[str, dict[str, float | None]], int]:
+    """Every candidate's ranges from the statistics of the calibration samples outside auto's first
+    scoring fold (what auto scores that fold with): how much a method's result depends on which
+    images made the statistics."""
+    from quant.calibrators import auto
+    from quant.calibrators.calibrate import collect_statistics
+    from quant.datasets.loader import open_dataset
+    from quant.graph.load import input_specs
+    from quant.graph.qdq import calibration_tensors
+
+    ds = open_dataset(str(calib), inputs=input_specs(clean), preprocess=None, max_samples=None, seed=0,
+                      on_bad_image="fail", workers=None)
+    scored, folds = auto.scoring_plan(len(ds))
+    rest, parts = auto.split_folds(len(ds), scored, folds, seed=0)
+    keep = np.setdiff1d(np.arange(len(ds)), parts[0])
+    col, n = collect_statistics(clean, auto.SubsetDataset(ds, keep, tag="subset"), calibration_tensors(clean),
+                                batch_size=batch)
+    return auto.candidate_ranges(col.stats()), n
+
+
 def _counts(choice: Mapping[str, str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for lab in choice.values():
@@ -228,7 +251,7 @@ def render_compare(results: Sequence[dict[str, Any]]) -> str:
         table = []
         for r in res["rows"]:
             if "error" in r:
-                table.append([r["tool"], r["method"], "failed: " + r["error"], "-", "-"])
+                table.append([r["tool"], r["method"], "failed: " + r["error"], "-", "-", "-"])
                 continue
             note = ""
             if r is best:
@@ -236,8 +259,10 @@ def render_compare(results: Sequence[dict[str, Any]]) -> str:
             if r["method"] == "auto" and r["tool"] == "quant":
                 note = f"{r['sqnr_db'] - best['sqnr_db']:+.2f} dB vs best single; chose {r['choice']}"
             agree = "-" if r["agreement"] is None else f"{r['agreement']:.1f}"
-            table.append([r["tool"], r["method"], _db(r["sqnr_db"]), agree, note])
-        lines.append(format_table(["tool", "method", "SQNR dB", "top-1 agree %", "note"], table))
+            table.append([r["tool"], r["method"], _db(r["sqnr_db"]), _db(r.get("subset_sqnr_db")), agree, note])
+        sub = next((r["subset_samples"] for r in res["rows"] if r.get("subset_samples")), "-")
+        lines.append(format_table(
+            ["tool", "method", "SQNR dB", f"SQNR dB, statistics of {sub} of them", "top-1 agree %", "note"], table))
         auto = next((r for r in res["rows"] if r["method"] == "auto" and "sqnr_db" in r), None)
         if auto is not None and auto.get("calibration_scores"):
             cv = ", ".join(f"{k} {_db(v)}" for k, v in auto["calibration_scores"].items())
