@@ -605,8 +605,12 @@ def outlier_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
 def test_api_sensitivity_writes_and_merges_reports(outlier_files: tuple[Path, Path, Path], tmp_path: Path) -> None:
     model, data, cache = outlier_files
     report = tmp_path / "report.json"
-    out = api.sensitivity(model, DataOptions(str(data), max_samples=64), cache=cache, report=report)
+    out = api.sensitivity(
+        model, DataOptions(str(data), max_samples=64), cache=cache, report=report,
+        options=SensitivityOptions(exact=True),
+    )
     assert out.result.ranking[0] == DESTRUCTIVE and out.result.num_samples == 64
+    assert out.result.sampling == "all" and out.result.confidence is not None
     doc = json.loads(report.read_text())
     assert doc["extra"]["sensitivity"]["layers"][0]["name"] == DESTRUCTIVE
     assert doc["extra"]["sensitivity"]["cache"] == str(cache)
@@ -682,3 +686,39 @@ def test_exclude_from_another_model_warns(
         outcome = api.build(model, output=tmp_path / "m.onnx", cache=cache, exclude_from=fb)
     assert "made for another version" in caplog.text
     assert outcome.skipped.get("h1") == "excluded"
+
+
+def test_adaptive_sampling_stops_once_the_ranking_is_steady(outlier_files: tuple[Path, Path, Path]) -> None:
+    """Without --exact the samples are read in rounds and the pass stops at the asked confidence;
+    the ranking's split-half reliability is reported, and the top layer is the full measurement's."""
+    model, data, cache = outlier_files
+    full = api.sensitivity(model, DataOptions(str(data), max_samples=64), cache=cache,
+                           options=SensitivityOptions(metric="sqnr", exact=True)).result
+    fast = api.sensitivity(model, DataOptions(str(data), max_samples=64), cache=cache,
+                           options=SensitivityOptions(metric="sqnr", confidence=0.9)).result
+    assert fast.sampling == "adaptive" and fast.samples_available == 64
+    assert 16 <= fast.num_samples < 64  # stopped early, after the minimum
+    assert fast.confidence is not None and fast.confidence >= 0.9
+    assert fast.ranking[0] == full.ranking[0] == DESTRUCTIVE
+    # Asking for certainty reads every sample and says the target was missed or met.
+    strict = api.sensitivity(model, DataOptions(str(data), max_samples=64), cache=cache,
+                             options=SensitivityOptions(metric="sqnr", confidence=1.0)).result
+    assert strict.num_samples == 64 or (strict.confidence or 0) >= 1.0
+
+
+def test_layer_shards_merge_into_the_unsharded_ranking(outlier_files: tuple[Path, Path, Path]) -> None:
+    from quant.report.merge import merge_sensitivity
+
+    model, data, cache = outlier_files
+    opts = SensitivityOptions(metric="sqnr", exact=True)
+    whole = api.sensitivity(model, DataOptions(str(data), max_samples=32), cache=cache, options=opts).section
+    parts = [
+        api.sensitivity(model, DataOptions(str(data), max_samples=32), cache=cache, options=opts,
+                        shard=f"{k}/3").section
+        for k in (3, 1, 2)
+    ]
+    assert sum(len(p["layers"]) for p in parts) == len(whole["layers"])
+    merged = merge_sensitivity(parts)
+    assert [x["name"] for x in merged["layers"]] == [x["name"] for x in whole["layers"]]
+    for m, w in zip(merged["layers"], whole["layers"], strict=True):
+        assert m["score"] == w["score"] and m["rank"] == w["rank"]

@@ -40,11 +40,16 @@ def evaluate(
     calibration: CalibrateOutcome | None = None,
     prebuilt: tuple[dict[str, onnx.ModelProto], dict[str, Any]] | None = None,
     layers: bool = False,
+    shard: str | None = None,
 ) -> Report:
     """Run the same samples through FP32 / FP16 / INT8 and return (and optionally save) a report.
 
     ``layers`` adds the per-layer errors and activation histograms (:func:`analyze_layers`) to
     ``report.extra``; it needs ``cache`` or ``int8_model``.
+
+    ``shard`` (``"K/N"``): evaluate only that deterministic 1/N of the samples (whole batches,
+    :mod:`quant.datasets.shard`) and return a *partial* report (``extra["shard"]``, the whole
+    data set's fingerprint) that :func:`quant.report.merge.merge_reports` merges exactly.
     """
     from quant.eval.evaluate import evaluate as run_eval
     from quant.report.schema import save_report
@@ -58,6 +63,14 @@ def evaluate(
 
         check_output_not_input(report, prepared.path, data_file(data), cache, sidecar_of(cache), int8_model)
     dataset = open_data(prepared, data)
+    sharded = None
+    if shard is not None:
+        if layers:
+            raise UsageError("--layers cannot be combined with --shard: run the layer analysis unsharded")
+        from quant.datasets.shard import shard_dataset
+
+        sharded = shard_dataset(dataset, shard, batch_size=effective_batch_size(prepared.inputs, data.batch_size))
+        dataset = sharded
     if prebuilt is not None:
         models, build_info = prebuilt
     else:
@@ -103,6 +116,14 @@ def evaluate(
         calibration=calibration,
         int8_arithmetic=arithmetic,
     )
+    if sharded is not None:
+        from dataclasses import replace
+
+        rep = replace(
+            rep,
+            data={**rep.data, "fingerprint": sharded.full_fingerprint()},
+            extra={**rep.extra, "shard": sharded.describe()},
+        )
     if layers:
         rep = with_layer_sections(
             rep, prepared, dataset, models, cache=cache, exclude=exclude, batch_size=data.batch_size,

@@ -45,6 +45,7 @@ def sensitivity(
     progress: bool = False,
     command: Sequence[str] | None = None,
     prepared: PreparedModel | None = None,
+    shard: str | None = None,
 ) -> SensitivityOutcome:
     """Rank the quantized layers of ``model`` by how much INT8 hurts the output metric.
 
@@ -53,6 +54,11 @@ def sensitivity(
     ``data.max_samples`` says otherwise). ``options`` is a
     :class:`quant.sensitivity.SensitivityOptions`. With ``report``, the result is added as
     ``extra["sensitivity"]`` to that report (created when it does not exist).
+
+    Unless ``options.exact``, the samples are read in rounds and the measurement stops once the
+    ranking's split-half reliability reaches ``options.confidence`` (reported as ``confidence``).
+    ``shard`` (``"K/N"``): measure only that contiguous 1/N of the layers, on all the samples
+    (sensitivity shards by layers; :func:`quant.report.merge.merge_sensitivity` merges them).
     """
     from quant.sensitivity import DEFAULT_MAX_SAMPLES, SensitivityOptions, build_switchable_model
     from quant.sensitivity.measure import SwitchableRunner, measure_sensitivity
@@ -70,18 +76,36 @@ def sensitivity(
             "npz 'labels' key); use --metric agreement"
         )
     switchable = build_switchable_model(prepared.clean, loaded.amax, exclude=opts.exclude)
+    chosen = None
+    shard_info = None
+    if shard is not None:
+        from quant.datasets.shard import Shard
+
+        part = Shard.parse(shard)
+        first, last = part.batch_bounds(switchable.num_layers)
+        chosen = list(range(first, last))
+        shard_info = {"kind": "layers", **part.to_dict(), "start": first, "stop": last,
+                      "total_layers": switchable.num_layers}
+    batch_size = effective_batch_size(prepared.inputs, data.batch_size)
     with SwitchableRunner(switchable, threads=opts.threads, segments=opts.segments) as runner:
         result = measure_sensitivity(
             runner,
             dataset,
-            batch_size=effective_batch_size(prepared.inputs, data.batch_size),
+            batch_size=batch_size,
             metric=opts.metric,
             classifier_output=opts.classifier_output,
             progress=progress,
+            layers=chosen,
+            # Layer shards must measure the same samples: they sample all of them.
+            confidence=None if opts.exact or shard is not None else opts.confidence,
+            round_samples=opts.round_samples,
+            min_samples=opts.min_samples,
         )
     summary = dataset.summary().to_dict()
     summary["fingerprint"] = dataset.fingerprint()
     section = {"cache": str(cache), "data": summary, **result.to_dict()}
+    if shard_info is not None:
+        section["shard"] = shard_info
     report_path = None
     if report is not None:
         report_path = _save_sensitivity_report(report, prepared, summary, section, command)

@@ -30,12 +30,17 @@ from quant.sensitivity.results import (
     Budget,
     FallbackResult,
     FallbackStep,
+    LayerSensitivity,
     Measurement,
     MeasurementAccumulator,
+    PartialMeasurement,
     SensitivityResult,
     format_measurement,
+    merge_partials,
+    positions,
     rank_layers,
     resolve_metric,
+    spearman,
 )
 from quant.sensitivity.switchable import Segment, SwitchableModel, plan_segments, suffix_model
 
@@ -55,6 +60,7 @@ __all__ = [
     "measure_reference",
     "measure_sensitivity",
     "measure_stored",
+    "ranking_confidence",
 ]
 
 #: Stored batches beyond this many bytes go to temporary .npz files (read back for every pass).
@@ -266,6 +272,41 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _ranking(
+    layers: Sequence[Any],
+    parts: Sequence[Sequence[PartialMeasurement]],
+    rounds: Sequence[int],
+    metric: str,
+) -> tuple[LayerSensitivity, ...]:
+    """The ranking measured on the rounds ``rounds`` only (``parts[round][config]``)."""
+    merged = [merge_partials([parts[r][c] for r in rounds]) for c in range(len(parts[0]))]
+    n = len(layers)
+    return rank_layers(
+        layers,
+        merged[2 : 2 + n],
+        merged[2 + n : 2 + 2 * n],
+        metric=metric,
+        reference=merged[0],
+        all_int8=merged[1],
+    )
+
+
+def ranking_confidence(
+    layers: Sequence[Any], parts: Sequence[Sequence[PartialMeasurement]], metric: str
+) -> float | None:
+    """Split-half reliability of the ranking over the rounds measured so far: Spearman's
+    correlation between the rankings of the even and the odd rounds, stepped up to the whole
+    set with the Spearman-Brown formula ``2 r / (1 + r)``. It estimates how well this ranking
+    agrees with the ranking of another set of as many samples; None before two rounds."""
+    if len(parts) < 2 or len(layers) < 2:
+        return None
+    even = positions(_ranking(layers, parts, range(0, len(parts), 2), metric))
+    odd = positions(_ranking(layers, parts, range(1, len(parts), 2), metric))
+    keys = sorted(even)
+    r = spearman([even[k] for k in keys], [odd[k] for k in keys])
+    return max(0.0, 2.0 * r / (1.0 + r)) if r > -1.0 else 0.0
+
+
 def measure_sensitivity(
     runner: SwitchableRunner,
     dataset: Dataset,
@@ -275,31 +316,50 @@ def measure_sensitivity(
     classifier_output: str | None = None,
     progress: bool = False,
     store: BatchStore | None = None,
+    layers: Sequence[int] | None = None,
+    confidence: float | None = None,
+    round_samples: int = 4,
+    min_samples: int = 16,
 ) -> SensitivityResult:
     """Measure every layer alone in INT8 and alone in float against FP32, and rank the layers.
 
     One pass over ``dataset``. Each batch runs FP32 and all-INT8 once (keeping the runner's cut
     tensors), then each layer's two configurations, from the layer's segment cut when it has one
     (fed FP32's cut value for "INT8 alone", all-INT8's for "float alone"). With ``store``, each
-    batch (inputs, FP32 outputs, labels) is kept for later passes.
+    batch (inputs, FP32 outputs, labels) is kept for later passes. ``layers``: measure only these
+    layer indices (a layer shard; FP32 and all INT8 are measured by every shard).
+
+    ``confidence`` (adaptive sampling): the data is read in rounds of ``round_samples`` samples
+    and, from ``min_samples`` samples on, the pass stops as soon as the ranking's split-half
+    reliability (:func:`ranking_confidence`) reaches ``confidence``, or the data ends. None: every sample in
+    batches of ``batch_size`` (the full measurement). Every configuration's sums are kept per
+    round (a few numbers), so that rankings of any set of rounds can be computed.
     """
     from tqdm import tqdm
 
     sw = runner.switchable
     _check_inputs(runner, dataset.input_names)
-    n_layers = sw.num_layers
+    n_all = sw.num_layers
+    chosen = list(range(n_all)) if layers is None else sorted(set(layers))
+    if any(not 0 <= k < n_all for k in chosen):
+        raise DataError(f"layer indices must be in 0..{n_all - 1}; got {chosen}")
+    measured = [sw.layers[k] for k in chosen]
+    n_layers = len(chosen)
     seg_of = {k: j for j, seg in enumerate(runner.segments) for k in seg.layers}
-    fraction = [runner.segments[seg_of[k]].fraction if k in seg_of else 1.0 for k in range(n_layers)]
+    fraction = [runner.segments[seg_of[k]].fraction if k in seg_of else 1.0 for k in chosen]
     none, every = sw.all_float(), sw.all_int8()
-    single = n_layers == 1  # then "INT8 alone" is all INT8 and "float alone" is FP32
-    configurations = 2 if single else 2 + 2 * n_layers
-    work = (2.0 if single else 2.0 + 2.0 * sum(fraction)) / configurations
-    expected = math.ceil(len(dataset) / batch_size)
+    single = n_all == 1  # then "INT8 alone" is all INT8 and "float alone" is FP32
+    configurations = 2 if single or n_layers == 0 else 2 + 2 * n_layers
+    work = (2.0 if single or n_layers == 0 else 2.0 + 2.0 * sum(fraction)) / configurations
+    adaptive = confidence is not None
+    step = round_samples if adaptive else batch_size
+    expected = math.ceil(len(dataset) / step)
     log.info(
-        "sensitivity: %d layers, %d configurations x %d samples = %d forward passes "
+        "sensitivity: %d layers, %d configurations x %s%d samples = %d forward passes "
         "(%d segments: %.0f %% of the nodes of full passes)",
         n_layers,
         configurations,
+        "at most " if adaptive else "",
         len(dataset),
         configurations * len(dataset),
         len(runner.segments),
@@ -307,85 +367,104 @@ def measure_sensitivity(
     )
 
     outputs = runner.outputs
-    accs: tuple[MeasurementAccumulator, MeasurementAccumulator] | None = None  # FP32, all INT8
-    alone: list[MeasurementAccumulator] = []
-    allbut: list[MeasurementAccumulator] = []
+    parts: list[list[PartialMeasurement]] = []  # per round: ref, all INT8, alone[...], allbut[...]
     cls_name: str | None = None
     resolved = ""
     samples = 0
+    reached: float | None = None
     start = time.perf_counter()
     first = 0.0
-    with tqdm(
-        total=expected * configurations, desc="sensitivity", unit="run", file=sys.stderr, disable=not progress
-    ) as bar:
-        for index, batch in enumerate(dataset.batches(batch_size)):
-            feed = {k: batch.feed[k] for k in runner.input_names}
-            labels = batch.labels
-            ref, ref_cuts = runner.run_with_cuts(feed, none)
-            if accs is None:
-                cls_name = find_classifier_output({o: np.asarray(ref[o]) for o in outputs}, classifier_output)
-                resolved = resolve_metric(metric, classifier_output=cls_name, has_labels=dataset.has_labels)
-                accs = (MeasurementAccumulator(outputs, cls_name), MeasurementAccumulator(outputs, cls_name))
-                alone = [MeasurementAccumulator(outputs, cls_name) for _ in range(n_layers)]
-                allbut = [MeasurementAccumulator(outputs, cls_name) for _ in range(n_layers)]
-            accs[0].update(ref, ref, labels)
-            every_out, every_cuts = runner.run_with_cuts(feed, every)
-            accs[1].update(every_out, ref, labels)
-            bar.update(2)
-            for k in range(n_layers):
-                if single:
-                    quantized, floating = every_out, ref
-                elif k in seg_of:
-                    j = seg_of[k]
-                    cut = runner.segments[j].cut
-                    quantized = runner.run_from(j, ref_cuts[cut], sw.flags([k]))
-                    floating = runner.run_from(j, every_cuts[cut], ~sw.flags([k]))
-                    bar.update(2)
-                else:
-                    quantized = runner.run(feed, sw.flags([k]))
-                    floating = runner.run(feed, ~sw.flags([k]))
-                    bar.update(2)
-                alone[k].update(quantized, ref, labels)
-                allbut[k].update(floating, ref, labels)
-            if store is not None:
-                store.add(feed, ref, labels)
-            samples += batch.size
-            # Estimate from the second batch: the first one includes ONNX Runtime's warm-up.
-            if index == 0:
-                first = time.perf_counter() - start
-            elif index == 1 and expected > 2:
-                per_batch = time.perf_counter() - start - first
-                log.info("sensitivity: about %s more", _duration(per_batch * (expected - 2)))
-    if accs is None:
+    batches = dataset.batches(step)
+    try:
+        with tqdm(
+            total=expected * configurations, desc="sensitivity", unit="run", file=sys.stderr,
+            disable=not progress,
+        ) as bar:
+            for index, batch in enumerate(batches):
+                feed = {k: batch.feed[k] for k in runner.input_names}
+                labels = batch.labels
+                ref, ref_cuts = runner.run_with_cuts(feed, none)
+                if index == 0:
+                    cls_name = find_classifier_output({o: np.asarray(ref[o]) for o in outputs}, classifier_output)
+                    resolved = resolve_metric(metric, classifier_output=cls_name, has_labels=dataset.has_labels)
+                accs = [MeasurementAccumulator(outputs, cls_name) for _ in range(2 + 2 * n_layers)]
+                accs[0].update(ref, ref, labels)
+                every_out, every_cuts = runner.run_with_cuts(feed, every)
+                accs[1].update(every_out, ref, labels)
+                bar.update(2)
+                for i, k in enumerate(chosen):
+                    if single:
+                        quantized, floating = every_out, ref
+                    elif k in seg_of:
+                        j = seg_of[k]
+                        cut = runner.segments[j].cut
+                        quantized = runner.run_from(j, ref_cuts[cut], sw.flags([k]))
+                        floating = runner.run_from(j, every_cuts[cut], ~sw.flags([k]))
+                        bar.update(2)
+                    else:
+                        quantized = runner.run(feed, sw.flags([k]))
+                        floating = runner.run(feed, ~sw.flags([k]))
+                        bar.update(2)
+                    accs[2 + i].update(quantized, ref, labels)
+                    accs[2 + n_layers + i].update(floating, ref, labels)
+                parts.append([a.partial() for a in accs])
+                if store is not None:
+                    store.add(feed, ref, labels)
+                samples += batch.size
+                # Estimate from the second batch: the first one includes ONNX Runtime's warm-up.
+                if index == 0:
+                    first = time.perf_counter() - start
+                elif index == 1 and expected > 2 and not adaptive:
+                    per_batch = time.perf_counter() - start - first
+                    log.info("sensitivity: about %s more", _duration(per_batch * (expected - 2)))
+                if adaptive and confidence is not None and n_layers > 1 and samples >= min_samples:
+                    reached = ranking_confidence(measured, parts, resolved)
+                    if reached is not None and reached >= confidence:
+                        log.info(
+                            "sensitivity: ranking confidence %.3f >= %.3f after %d of %d samples; stopping",
+                            reached, confidence, samples, len(dataset),
+                        )
+                        break
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    if not parts:
         raise DataError(
             f"data set '{dataset.summary().source}' yielded no samples; check the data path and --max-samples"
         )
+    if not adaptive or reached is None:
+        reached = ranking_confidence(measured, parts, resolved) if n_layers > 1 else None
+    if adaptive and confidence is not None and (reached is None or reached < confidence):
+        log.warning(
+            "sensitivity: ranking confidence %s after all %d samples, below the %.2f asked for; "
+            "give more samples (--max-samples) for a steadier ranking",
+            "n/a" if reached is None else f"{reached:.3f}", samples, confidence,
+        )
     seconds = time.perf_counter() - start
-    reference, all_int8 = accs[0].result(), accs[1].result()
-    layers = rank_layers(
-        sw.layers,
-        [a.result() for a in alone],
-        [a.result() for a in allbut],
-        metric=resolved,
-        reference=reference,
-        all_int8=all_int8,
-    )
+    all_rounds = range(len(parts))
+    reference = merge_partials([p[0] for p in parts])
+    all_int8 = merge_partials([p[1] for p in parts])
+    ranked = _ranking(measured, parts, all_rounds, resolved) if n_layers else ()
     return SensitivityResult(
         metric=resolved,
         classifier_output=cls_name,
         outputs=tuple(outputs),
         num_samples=samples,
-        batch_size=batch_size,
+        batch_size=step,
         has_labels=reference.top1 is not None,
         reference=reference,
         all_int8=all_int8,
-        layers=layers,
+        layers=ranked,
         configurations=configurations,
         forward_passes=configurations * samples,
         seconds=seconds,
         base_exclude=sw.base_exclude,
         segments=len(runner.segments),
         work_fraction=work,
+        sampling="adaptive" if adaptive else "all",
+        samples_available=len(dataset),
+        confidence=reached,
     )
 
 

@@ -41,7 +41,13 @@ from quant.eval._fields import (
     get_mapping,
     get_str,
 )
-from quant.eval.metrics import ClassificationAccumulator, FidelityAccumulator
+from quant.eval.metrics import (
+    ClassificationAccumulator,
+    ClassificationMetrics,
+    FidelityAccumulator,
+    FidelityMetrics,
+    FidelitySums,
+)
 
 __all__ = [
     "METRICS",
@@ -55,10 +61,13 @@ __all__ = [
     "SensitivityResult",
     "format_measurement",
     "metric_loss",
+    "merge_partials",
     "rank_layers",
+    "ranks",
     "render_fallback",
     "render_sensitivity",
     "resolve_metric",
+    "spearman",
 ]
 
 METRICS = ("auto", "accuracy", "agreement", "sqnr")
@@ -82,8 +91,16 @@ class SensitivityOptions:
     exclude: tuple[str, ...] = ()
     threads: int | None = None
     segments: int = 4
+    exact: bool = False
+    confidence: float = 0.9
+    round_samples: int = 4
+    min_samples: int = 16
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.confidence <= 1.0:
+            raise UsageError(f"--confidence must be in (0, 1], got {self.confidence}")
+        if self.round_samples < 1:
+            raise UsageError(f"--round-samples must be at least 1, got {self.round_samples}")
         if self.metric not in METRICS:
             raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.threads is not None and self.threads < 1:
@@ -98,6 +115,10 @@ class SensitivityOptions:
             "exclude": list(self.exclude),
             "threads": self.threads,
             "segments": self.segments,
+            "exact": self.exact,
+            "confidence": self.confidence,
+            "round_samples": self.round_samples,
+            "min_samples": self.min_samples,
         }
 
 
@@ -149,6 +170,50 @@ class Measurement:
         )
 
 
+@dataclass(frozen=True)
+class PartialMeasurement:
+    """The sums and counts behind a :class:`Measurement` on some of the samples: partials of
+    disjoint samples merge (:meth:`merge`) into what one measurement over all of them gives."""
+
+    samples: int
+    fidelity: tuple[tuple[str, FidelitySums], ...]
+    classification: ClassificationMetrics | None
+
+    def merge(self, other: PartialMeasurement) -> PartialMeasurement:
+        theirs = dict(other.fidelity)
+        cls = self.classification
+        if cls is not None and other.classification is not None:
+            cls = cls.merge(other.classification)
+        return PartialMeasurement(
+            samples=self.samples + other.samples,
+            fidelity=tuple((o, f.merge(theirs[o])) for o, f in self.fidelity),
+            classification=cls if cls is not None else other.classification,
+        )
+
+    def result(self) -> Measurement:
+        worst = min(
+            (FidelityMetrics.from_sums(o, f).sqnr_value for o, f in self.fidelity), default=math.inf
+        )
+        top1 = agreement = None
+        if self.classification is not None:
+            top1, agreement = self.classification.top1, self.classification.agreement
+        return Measurement(
+            num_samples=self.samples,
+            top1=top1,
+            agreement=agreement,
+            sqnr_db=worst if math.isfinite(worst) else None,
+            exact=worst == math.inf,
+        )
+
+
+def merge_partials(parts: Sequence[PartialMeasurement]) -> Measurement:
+    """One Measurement from the partials of disjoint sample sets (at least one)."""
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.merge(p)
+    return total.result()
+
+
 class MeasurementAccumulator:
     """Streams batches of one configuration's outputs against the reference's into a Measurement."""
 
@@ -171,19 +236,16 @@ class MeasurementAccumulator:
             self._cls.update(outputs[name], labels, reference[name])
         self._samples += int(np.asarray(reference[self._outputs[0]]).shape[0]) if self._outputs else 0
 
-    def result(self) -> Measurement:
-        worst = min((f.result().sqnr_value for f in self._fid.values()), default=math.inf)
-        top1 = agreement = None
-        if self._cls is not None:
-            c = self._cls.result()
-            top1, agreement = c.top1, c.agreement
-        return Measurement(
-            num_samples=self._samples,
-            top1=top1,
-            agreement=agreement,
-            sqnr_db=worst if math.isfinite(worst) else None,
-            exact=worst == math.inf,
+    def partial(self) -> PartialMeasurement:
+        """The sums and counts so far (mergeable with other samples' partials)."""
+        return PartialMeasurement(
+            samples=self._samples,
+            fidelity=tuple((o, f.sums()) for o, f in self._fid.items()),
+            classification=None if self._cls is None else self._cls.result(),
         )
+
+    def result(self) -> Measurement:
+        return self.partial().result()
 
 
 def resolve_metric(requested: str, *, classifier_output: str | None, has_labels: bool) -> str:
@@ -365,6 +427,35 @@ def rank_layers(
     )
 
 
+def ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n of ``values`` (ties get their average rank), for Spearman's correlation."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v), dtype=np.float64)
+    r[order] = np.arange(1, len(v) + 1, dtype=np.float64)
+    for value in np.unique(v):
+        same = v == value
+        if np.count_nonzero(same) > 1:
+            r[same] = r[same].mean()
+    return r
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two equally long sequences (1.0 when either is constant
+    and both are: nothing to disagree on; 0.0 when only one is)."""
+    ra, rb = ranks(a), ranks(b)
+    da, db = ra - ra.mean(), rb - rb.mean()
+    denom = math.sqrt(float(np.sum(da * da)) * float(np.sum(db * db)))
+    if denom == 0.0:
+        return 1.0 if float(np.sum(da * da)) == float(np.sum(db * db)) == 0.0 else 0.0
+    return float(np.sum(da * db)) / denom
+
+
+def positions(layers: Sequence[LayerSensitivity]) -> dict[int, int]:
+    """{layer index: rank} of a ranking."""
+    return {layer.index: layer.rank for layer in layers}
+
+
 @dataclass(frozen=True)
 class SensitivityResult:
     """Per-layer sensitivity of a model: the ranked layers, the reference and the all-INT8 result.
@@ -390,6 +481,9 @@ class SensitivityResult:
     base_exclude: tuple[str, ...] = ()
     segments: int = 0
     work_fraction: float = 1.0
+    sampling: str = "all"
+    samples_available: int | None = None
+    confidence: float | None = None
 
     @property
     def ranking(self) -> tuple[str, ...]:
@@ -417,6 +511,9 @@ class SensitivityResult:
             "base_exclude": list(self.base_exclude),
             "segments": self.segments,
             "work_fraction": self.work_fraction,
+            "sampling": self.sampling,
+            "samples_available": self.samples_available,
+            "confidence": finite_or_none(self.confidence),
         }
 
     @classmethod
@@ -448,6 +545,11 @@ class SensitivityResult:
             base_exclude=tuple(excl),
             segments=get_int(d, "segments", where),
             work_fraction=get_float(d, "work_fraction", where),
+            sampling=get_str(d, "sampling", where) if "sampling" in d else "all",
+            samples_available=get_int(d, "samples_available", where, nullable=True)
+            if "samples_available" in d
+            else None,
+            confidence=get_float(d, "confidence", where, nullable=True) if "confidence" in d else None,
         )
 
 
