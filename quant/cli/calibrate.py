@@ -78,7 +78,8 @@ def calibrate_command(
 
     --method auto picks the method per tensor (entropy, minmax, percentile 99.9/99.99/99.999,
     mse) by the SQNR of the model's outputs, computed with TensorRT's exact INT8 arithmetic on
-    a seeded 1/8 of --data (8 to 32 samples) held aside from the statistics; the choice and
+    a seeded 1/8 of --data (16 to 32 samples; cross-validation folds on small sets) held aside
+    from the statistics; the choice and
     every candidate's score go into CACHE.json (`quant inspect CACHE` shows them). With
     --from-stats, auto scores on --data, which must be other samples than the statistics'.
     """
