@@ -27,6 +27,8 @@ from quant.pipeline.calibrate import (
     calibrate_from_stats,
     merge_stats,
 )
+from quant.pipeline.distributed import evaluate_sharded, sensitivity_sharded
+from quant.pipeline.distributed import merge_report_files as merge_reports
 from quant.pipeline.evaluate import evaluate
 from quant.pipeline.layers import analyze_layers
 from quant.pipeline.prepare import (
@@ -77,6 +79,10 @@ __all__ = [
     # sensitivity (quant.pipeline.sensitivity)
     "SensitivityOutcome",
     "sensitivity",
+    # shards on an executor, merged exactly (quant.pipeline.distributed)
+    "evaluate_sharded",
+    "sensitivity_sharded",
+    "merge_reports",
     # evaluate, report, per-layer analysis (quant.pipeline.evaluate, .report, .layers)
     "evaluate",
     "make_report",
@@ -90,3 +96,4 @@ __all__ = [
     "evaluate_tensorrt",
     "inspect_tensorrt_network",
 ]
+

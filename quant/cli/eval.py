@@ -18,6 +18,7 @@ from quant.cli.options import (
     want_progress,
 )
 from quant.cli.trt_options import TrtCliOptions, trt_build_options, trt_runtime_options
+from quant.cli.shard_options import check_shard_options, shard_options
 
 
 @click.command(
@@ -27,6 +28,8 @@ Examples:
   quant eval model.onnx --data val_images/ --cache model.cache --report report.json
   quant eval model.onnx --data val.npz --int8-model model.int8.onnx --precisions fp32,int8
   quant eval model.onnx --data val/ --cache model.cache --layers --report report.json
+  quant eval model.onnx --data val/ --cache model.cache --shard 2/4 --report part2.json
+  quant eval model.onnx --data val/ --cache model.cache --shards 8 --executor ray --report report.json
 """,
 )
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
@@ -54,6 +57,7 @@ Examples:
               help="Where --backend tensorrt writes its engines (default: engines/ next to MODEL).")
 @trt_build_options()
 @trt_runtime_options()
+@shard_options()
 @progress_option()
 @verbose_option()
 def eval_command(
@@ -76,6 +80,10 @@ def eval_command(
     backend: str,
     engine_dir: Path | None,
     trt_options: TrtCliOptions,
+    shard: str | None,
+    shards: int | None,
+    executor: str,
+    ray_address: str | None,
     progress: bool | None,
 ) -> None:
     """Evaluate MODEL in several precisions on --data and print a table.
@@ -95,6 +103,19 @@ def eval_command(
         data, max_samples=max_samples, seed=seed, batch_size=batch_size,
         preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,
     )
+    check_shard_options(shard, shards, executor, ray_address)
+    if (shard is not None or shards is not None) and (backend != "onnxruntime" or layers):
+        raise click.UsageError("--shard / --shards work with --backend onnxruntime and without --layers")
+    if shards is not None:
+        rep = api.evaluate_sharded(
+            model, data_opts, shards=shards, executor=executor, ray_address=ray_address, cache=cache,
+            int8_model=int8_model, options=opts, exclude=flatten(exclude), report=report,
+            command=["quant", *sys.argv[1:]],
+        )
+        echo(render_table(rep))
+        if report is not None:
+            echo(f"report: {report} ({shards} shards merged)")
+        return
     if backend in ("tensorrt", "tensorrt-rtx"):
         if int8_model is not None or layers or exclude:
             raise click.UsageError(f"--int8-model, --layers and --exclude are ONNX Runtime options; drop them with --backend {backend}")
@@ -109,6 +130,7 @@ def eval_command(
     rep = api.evaluate(
         model, data_opts, cache=cache, int8_model=int8_model, options=opts, exclude=flatten(exclude),
         report=report, progress=want_progress(progress), command=["quant", *sys.argv[1:]], layers=layers,
+        shard=shard,
     )
     echo(render_table(rep))
     if layers:

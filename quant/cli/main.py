@@ -94,6 +94,7 @@ def _register_optional_commands() -> None:
         ("quant.cli.qat", "qat_command"),
         ("quant.cli.sensitivity", "sensitivity_command"),
         ("quant.cli.merge_stats", "merge_stats_command"),
+        ("quant.cli.merge_reports", "merge_reports_command"),
     ):
         try:
             mod = importlib.import_module(module)

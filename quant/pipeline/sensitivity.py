@@ -107,7 +107,16 @@ def sensitivity(
     if shard_info is not None:
         section["shard"] = shard_info
     report_path = None
-    if report is not None:
+    if report is not None and shard_info is not None:
+        # A partial report of its own (never added into another report): merge-reports merges them.
+        from quant.report.schema import Report, save_report
+
+        report_path = save_report(
+            Report.create(model=model_section(prepared), data=summary, command=command,
+                          extra={"sensitivity": section, "shard": shard_info}),
+            report,
+        )
+    elif report is not None:
         report_path = _save_sensitivity_report(report, prepared, summary, section, command)
     return SensitivityOutcome(result=result, section=section, report_path=report_path, warnings=tuple(warnings))
 

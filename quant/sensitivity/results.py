@@ -595,6 +595,13 @@ def render_sensitivity(result: SensitivityResult, *, top: int | None = None) -> 
             else ""
         )
     )
+    if result.samples_available is not None:
+        how = "stopped once steady" if result.sampling == "adaptive" else "every sample"
+        conf = "n/a" if result.confidence is None else f"{result.confidence:.2f}"
+        lines.append(
+            f"samples: {result.num_samples} of {result.samples_available} ({how}); "
+            f"ranking confidence (split-half reliability) {conf}"
+        )
     return "\n".join(lines)
 
 

@@ -55,16 +55,24 @@ def test_help_lists_the_command_with_examples() -> None:
 
 def test_sensitivity_table_json_and_report(files: tuple[Path, Path, Path], tmp_path: Path) -> None:
     model, data, cache = files
-    code, out, err = invoke(["sensitivity", str(model), "--cache", str(cache), "--data", str(data), "--max-samples", "128"])
+    code, out, err = invoke(["sensitivity", str(model), "--cache", str(cache), "--data", str(data), "--max-samples",
+                             "128", "--exact"])
     assert code == 0, err
     rows = [line for line in out.splitlines() if line[:1].isdigit()]
     assert rows[0].split()[:3] == ["1", DESTRUCTIVE, "Gemm"]
     assert "metric accuracy" in out and "128 samples" in out and "forward passes" in out
+    assert "samples: 128 of 128 (every sample)" in out
+    # Without --exact the pass stops once the ranking is steady and says how steady.
+    code, out, err = invoke(["sensitivity", str(model), "--cache", str(cache), "--data", str(data), "--max-samples",
+                             "128"])
+    assert code == 0, err
+    assert [line for line in out.splitlines() if line[:1].isdigit()][0].split()[1] == DESTRUCTIVE
+    assert "(stopped once steady); ranking confidence" in out
 
     report = tmp_path / "report.json"
     code, out, err = invoke([
         "sensitivity", str(model), "--cache", str(cache), "--data", str(data), "--max-samples", "64",
-        "--metric", "sqnr", "--json", "--report", str(report),
+        "--metric", "sqnr", "--json", "--report", str(report), "--exact",
     ])
     assert code == 0, err
     doc = json.loads(out)
