@@ -17,8 +17,8 @@ from quant.cli.options import (
     verbose_option,
     want_progress,
 )
-from quant.cli.trt_options import TrtCliOptions, trt_build_options, trt_runtime_options
 from quant.cli.shard_options import check_shard_options, shard_options
+from quant.cli.trt_options import TrtCliOptions, trt_build_options, trt_runtime_options
 
 
 @click.command(
