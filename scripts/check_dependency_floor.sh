@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs the test suite in a fresh virtual environment under /tmp with a chosen set of dependency versions.
+#
+#   bash scripts/check_dependency_floor.sh [oldest|latest|verified] [pytest arguments...]
+#
+#   oldest    the oldest versions pyproject.toml allows (constraints/oldest.txt; default)
+#   latest    what pip resolves today, no constraints (what CI installs on a fresh machine)
+#   verified  the versions last verified (constraints/latest.txt)
+#
+# Environment: VENV (default /tmp/quant-deps-<set>; recreated unless REUSE=1), PYTHON (default
+# python3), SRC (the checkout to install and test; default this repository). pytest arguments
+# default to -q. The resolved versions are written to $VENV/freeze.txt and printed. Exit status:
+# pytest's. After a passing `latest` run, copy the printed versions into constraints/latest.txt.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+set_name="${1:-oldest}"
+[ "$#" -gt 0 ] && shift
+src="${SRC:-$here}"
+venv="${VENV:-/tmp/quant-deps-$set_name}"
+case "$set_name" in
+  oldest) constraint=(-c "$here/constraints/oldest.txt") ;;
+  verified) constraint=(-c "$here/constraints/latest.txt") ;;
+  latest) constraint=() ;;
+  *) echo "check_dependency_floor.sh: unknown set '$set_name'; use oldest, latest or verified" >&2; exit 2 ;;
+esac
+if [ "${REUSE:-0}" != "1" ] || [ ! -x "$venv/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv --clear "$venv"
+fi
+# shellcheck disable=SC1091
+source "$venv/bin/activate"   # the suite calls `ruff` and `python -m mypy`: they must be this venv's
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first and pinned, as scripts/install_test_deps.sh does (the CPU build on this machine's disk).
+pip install -q "${constraint[@]}" torch==2.13.0
+pip install -q "${constraint[@]}" -e "$src[test,qat,tensorrt-rtx]"
+pip install -q "${constraint[@]}" --no-deps "tensorrt-stubs>=10.0"
+pip freeze --exclude-editable > "$venv/freeze.txt"
+echo "== $set_name: $(python -V), versions resolved (all in $venv/freeze.txt):"
+grep -iE '^(numpy|onnx|onnxruntime|pillow|click|tqdm|matplotlib|pytest|hypothesis|mypy|ruff|torch|mlxtend|protobuf|ml.dtypes|tensorrt.rtx.cu12|tensorrt.stubs|scipy|scikit.learn|pandas)==' \
+  "$venv/freeze.txt" || true
+cd "$src"
+if [ "$#" -eq 0 ]; then set -- -q; fi
+python -m pytest "$@"
