@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 pip install torch==2.13.0
 # quant itself (editable) with the test, qat and tensorrt-rtx extras. TensorRT-RTX (real wheels
 # on PyPI, ~90 MB) is NVIDIA's ONNX parser and builder, which run here without a GPU: the
-# tensorrt_rtx-marked tests build real engines from quant's Q/DQ models in every CI run.
-pip install -e ".[test,qat,tensorrt-rtx]"
+# tensorrt_rtx-marked tests build real engines from quant's Q/DQ models in every CI run. The ray
+# extra: the executor tests start a real local Ray (2 CPUs).
+pip install -e ".[test,qat,tensorrt-rtx,ray]"
 # Type stubs of the TensorRT 10.x API for the mypy check of the TensorRT backend. The stubs
 # package declares a dependency on tensorrt itself, which is only on NVIDIA's index: --no-deps.
 pip install --no-deps "tensorrt-stubs>=10.0"
