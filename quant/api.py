@@ -27,7 +27,7 @@ from quant.pipeline.calibrate import (
     calibrate_from_stats,
     merge_stats,
 )
-from quant.pipeline.distributed import evaluate_sharded, sensitivity_sharded
+from quant.pipeline.distributed import calibrate_sharded, evaluate_sharded, sensitivity_sharded
 from quant.pipeline.distributed import merge_report_files as merge_reports
 from quant.pipeline.evaluate import evaluate
 from quant.pipeline.layers import analyze_layers
@@ -80,6 +80,7 @@ __all__ = [
     "SensitivityOutcome",
     "sensitivity",
     # shards on an executor, merged exactly (quant.pipeline.distributed)
+    "calibrate_sharded",
     "evaluate_sharded",
     "sensitivity_sharded",
     "merge_reports",

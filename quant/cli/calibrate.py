@@ -42,6 +42,13 @@ Examples:
               "instead of data: no --data, the model is not run.")
 @click.option("--force", "--recollect", "force", is_flag=True,
               help="Run the model over the data again even when the cache or the saved statistics match.")
+@click.option("--shards", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Collect the statistics in N shard tasks on --executor and merge them exactly (the same "
+              "cache as one run).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where --shards tasks run: in this process, or as Ray tasks (pip install 'quant[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="A running Ray cluster for --executor ray (e.g. auto, or the head's host:6379).")
 @progress_option()
 @verbose_option()
 def calibrate_command(
@@ -61,6 +68,9 @@ def calibrate_command(
     cache: Path | None,
     from_stats: Path | None,
     force: bool,
+    shards: int | None,
+    executor: str,
+    ray_address: str | None,
     progress: bool | None,
 ) -> None:
     """Calibrate MODEL on --data and write a TensorRT calibration cache.
@@ -116,9 +126,17 @@ def calibrate_command(
             data, max_samples=max_samples, seed=seed, batch_size=batch_size,
             preprocess=preprocess, on_bad_image=on_bad_image, workers=workers,
         )
-        outcome = api.calibrate(
-            model, data_opts, cache=cache, options=opts, force=force, progress=want_progress(progress)
-        )
+        if shards is not None:
+            outcome = api.calibrate_sharded(
+                model, data_opts, cache=cache, shards=shards, executor=executor, ray_address=ray_address,
+                options=opts,
+            )
+        else:
+            if executor != "local" or ray_address is not None:
+                raise click.UsageError("--executor / --ray-address need --shards N (the number of shard tasks)")
+            outcome = api.calibrate(
+                model, data_opts, cache=cache, options=opts, force=force, progress=want_progress(progress)
+            )
     echo(outcome.message)
     echo(f"cache:   {outcome.cache_path} ({_header(outcome.cache_path)})")
     echo(f"sidecar: {outcome.sidecar_path}")

@@ -22,6 +22,8 @@ from quant.errors import UsageError
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "calibrate_shard_task",
+    "calibrate_sharded",
     "eval_shard_task",
     "evaluate_sharded",
     "merge_report_files",
@@ -212,3 +214,86 @@ def merge_report_files(
     merged = merge_reports([load_report(p) for p in inputs], command=command)
     save_report(merged, out)
     return merged
+
+
+def calibrate_shard_task(options: Mapping[str, Any]) -> dict[str, Any]:
+    """One calibration shard (runs on a worker): the statistics of its samples, as dicts."""
+    from quant.calibrators.calibrate import collect_statistics
+    from quant.datasets.shard import shard_dataset
+    from quant.graph.qdq import calibration_tensors
+    from quant.pipeline.prepare import effective_batch_size, open_data, prepare_model
+
+    prepared = prepare_model(options["model"])
+    data: DataOptions = options["data"]
+    batch_size = effective_batch_size(prepared.inputs, data.batch_size)
+    dataset = shard_dataset(open_data(prepared, data), options["shard"], batch_size=batch_size)
+    tensors = calibration_tensors(prepared.clean, scope=options["scope"])
+    collector, seen = collect_statistics(
+        prepared.clean, dataset, tensors, batch_size=batch_size, num_bins=options["num_bins"],
+        threads=options.get("threads"), model_name=prepared.name,
+    )
+    return {
+        "stats": {name: s.to_dict() for name, s in collector.stats().items()},
+        "meta": {
+            "num_samples": seen,
+            "model_fingerprint": prepared.fingerprint.to_dict(),
+            "data_fingerprint": dataset.fingerprint(),
+            "scope": options["scope"],
+            "num_bins": options["num_bins"],
+        },
+    }
+
+
+def calibrate_sharded(
+    model: str | Path,
+    data: DataOptions,
+    *,
+    cache: str | Path,
+    shards: int,
+    executor: Any = "local",
+    ray_address: str | None = None,
+    options: Any = None,
+) -> Any:
+    """Collect calibration statistics in ``shards`` shard tasks of ``executor``, merge them
+    exactly (:func:`quant.calibrators.stats_io.merge_statistics`) and write the cache from the
+    merged statistics (:func:`quant.pipeline.calibrate.calibrate_from_stats`): the same ranges as
+    one calibration over all the samples. Returns the :class:`CalibrateOutcome`."""
+    import tempfile
+
+    from quant.calibrators.stats import TensorStats
+    from quant.calibrators.stats_io import merge_statistics, save_stats
+    from quant.config import CalibrationOptions
+    from quant.executors import ShardTask
+    from quant.pipeline.calibrate import calibrate_from_stats
+    from quant.pipeline.prepare import resolve_model_path
+
+    _check_shards(shards)
+    opts: CalibrationOptions = options or CalibrationOptions()
+    if opts.method == "auto":
+        raise UsageError("--method auto cannot run in --shards; collect with another method, then --from-stats")
+    path = resolve_model_path(model)
+    ex, owned = _executor(executor, ray_address)
+    try:
+        tasks = [
+            ShardTask(
+                f"calibration shard {k}/{shards}",
+                {"model": str(path), "data": data, "shard": f"{k}/{shards}", "scope": opts.scope,
+                 "num_bins": opts.num_bins, "threads": _task_threads(ex, None)},
+            )
+            for k in range(1, shards + 1)
+        ]
+        parts = ex.run(calibrate_shard_task, tasks)
+    finally:
+        if owned:
+            ex.close()
+    decoded = [
+        (t.label, {n: TensorStats.from_dict(d) for n, d in p["stats"].items()}, p["meta"])
+        for t, p in zip(tasks, parts, strict=True)
+    ]
+    if len(decoded) == 1:
+        stats, meta = decoded[0][1], dict(decoded[0][2])
+    else:
+        stats, meta = merge_statistics(decoded)
+    with tempfile.TemporaryDirectory(prefix="quant-shards-") as tmp:
+        merged = save_stats(Path(tmp) / "merged.stats.npz", stats, meta)
+        return calibrate_from_stats(path, merged, cache=cache, options=opts)

@@ -144,6 +144,18 @@ def test_a_quant_error_in_a_task_is_raised_as_itself(files: tuple[Path, Path, Pa
                              cache=cache, options=EvalOptions(precisions=PRECISIONS))
 
 
+def test_ray_calibration_shards_give_the_same_cache(files: tuple[Path, Path, Path], ray_executor: Any,
+                                                    tmp_path: Path) -> None:
+    """Statistics collected in shards on Ray merge exactly: the cache is byte for byte one run's."""
+    model, data, _ = files
+    one = tmp_path / "one.cache"
+    two = tmp_path / "two.cache"
+    whole = api.calibrate(model, _data(data), cache=one)
+    sharded = api.calibrate_sharded(model, _data(data), cache=two, shards=3, executor=ray_executor)
+    assert sharded.result.amax == whole.result.amax and sharded.result.num_samples == SAMPLES
+    assert two.read_text() == one.read_text()
+
+
 def test_executor_option_errors() -> None:
     with pytest.raises(UsageError, match="--executor must be one of local, ray"):
         make_executor("spark")
