@@ -136,3 +136,28 @@ def test_ctrl_c_cancels_the_ray_tasks_and_writes_no_report(files: tuple[Path, Pa
     assert "interrupted" in err
     assert not report.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".report.json") or p.suffix == ".tmp"]
+
+
+def test_sensitivity_layer_shard_reports_merge_to_the_unsharded_ranking(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_sensitivity import write_outlier_files
+
+    model, data, cache = write_outlier_files(tmp_path)
+    base = ["sensitivity", str(model), "--cache", str(cache), "--data", str(data), "--max-samples", "32",
+            "--metric", "sqnr", "--exact", "--json"]
+    code, out, err = run(base, capsys)
+    assert code == 0, err
+    whole = json.loads(out)
+    parts = []
+    for k in (2, 1):
+        part = tmp_path / f"s{k}.json"
+        code, _, err = run([*base, "--shard", f"{k}/2", "--report", str(part)], capsys)
+        assert code == 0, err
+        parts.append(part)
+    merged = tmp_path / "merged.json"
+    code, out, err = run(["merge-reports", *map(str, parts), "-o", str(merged)], capsys)
+    assert code == 0, err
+    section = json.loads(merged.read_text())["extra"]["sensitivity"]
+    assert [x["name"] for x in section["layers"]] == [x["name"] for x in whole["layers"]]
+    assert [x["score"] for x in section["layers"]] == [x["score"] for x in whole["layers"]]
