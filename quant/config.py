@@ -16,7 +16,9 @@ Scope = Literal["all", "qdq"]
 Target = Literal["tensorrt", "onnxruntime"]
 OnBadImage = Literal["fail", "skip"]
 
-METHODS: tuple[str, ...] = ("entropy", "minmax", "percentile", "mse", "auto")
+METHODS: tuple[str, ...] = ("entropy", "minmax", "percentile", "mse")  # one method for every tensor
+#: What --method takes: the four methods, or "auto" (per tensor, by measured fidelity).
+CALIBRATION_METHODS: tuple[str, ...] = (*METHODS, "auto")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8", "int8-ort")
 
 
@@ -66,8 +68,8 @@ class CalibrationOptions:
     auto_seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in CALIBRATION_METHODS:
+            raise UsageError(f"--method must be one of {', '.join(CALIBRATION_METHODS)}, got {self.method!r}")
         if not 0.0 < self.percentile <= 100.0:
             raise UsageError(f"--percentile must be in (0, 100], got {self.percentile}")
         if not self.auto_budget > 0 or self.auto_budget == float("inf"):

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from quant.config import METHODS, DataOptions
+from quant.config import CALIBRATION_METHODS, DataOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,7 +106,7 @@ def method_options(default: str = "entropy") -> Callable[[F], F]:
     """--method (``default``: entropy for calibrate, auto for run), --percentile, --auto-budget,
     --trt-version, --scope."""
     return _compose(
-        click.option("--method", type=click.Choice(METHODS), default=default, show_default=True,
+        click.option("--method", type=click.Choice(CALIBRATION_METHODS), default=default, show_default=True,
                      help="entropy = TensorRT EntropyCalibration2 (KL divergence); minmax; percentile; mse; "
                      "auto = per tensor the method whose ranges give the outputs the best measured SQNR "
                      "(scored on calibration samples held aside; docs/CALIBRATION.md)."),

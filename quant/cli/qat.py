@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from quant.cli.options import COMMA_LIST, echo, flatten, progress_option, verbose_option, want_progress
-from quant.config import METHODS
+from quant.config import CALIBRATION_METHODS
 from quant.errors import BackendUnavailableError, UsageError
 
 _LABELS = {
@@ -88,7 +88,7 @@ Examples:
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Cap on steps per epoch.")
 @click.option("--bn-stats/--freeze-bn", "bn_stats", default=False, show_default=True,
               help="Update BatchNorm running statistics while fine-tuning (default: frozen).")
-@click.option("--method", type=click.Choice(METHODS), default="entropy", show_default=True,
+@click.option("--method", type=click.Choice(CALIBRATION_METHODS), default="entropy", show_default=True,
               help="Calibration method of the activation ranges (as for quant calibrate).")
 @click.option("--percentile", type=click.FloatRange(min=0, max=100, min_open=True), default=99.99, show_default=True)
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
