@@ -102,6 +102,7 @@ def calibrate_command(
         scope=scope,  # type: ignore[arg-type]
         trt_version=trt_version,
         auto_budget=auto_budget,
+        auto_seed=seed,
     )
     cache = cache or model.with_suffix(".cache")
     if from_stats is not None:

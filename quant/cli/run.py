@@ -98,7 +98,7 @@ def run_command(
         eval_data=evald,
         calibration=CalibrationOptions(
             method=method, percentile=percentile, scope=scope, trt_version=trt_version,  # type: ignore[arg-type]
-            auto_budget=auto_budget,
+            auto_budget=auto_budget, auto_seed=seed,
         ),
         build_options=BuildOptions(exclude=flatten(exclude), cpu=cpu),
         eval_options=EvalOptions(precisions=parse_precisions(precisions), cpu=cpu),
