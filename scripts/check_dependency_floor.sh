@@ -10,7 +10,7 @@
 # Environment: VENV (default /tmp/quant-deps-<set>; recreated unless REUSE=1), PYTHON (default
 # python3), SRC (the checkout to install and test; default this repository). pytest arguments
 # default to -q. The resolved versions are written to $VENV/freeze.txt and printed. Exit status:
-# pytest's. After a passing `latest` run, copy the printed versions into constraints/latest.txt.
+# pytest's. RECORD=1 with `latest`: a passing run writes its versions into constraints/latest.txt.
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 set_name="${1:-oldest}"
@@ -39,4 +39,16 @@ grep -iE '^(numpy|onnx|onnxruntime|pillow|click|tqdm|matplotlib|pytest|hypothesi
   "$venv/freeze.txt" || true
 cd "$src"
 if [ "$#" -eq 0 ]; then set -- -q; fi
-python -m pytest "$@"
+status=0
+python -m pytest "$@" || status=$?
+if [ "$status" -eq 0 ] && [ "$set_name" = latest ] && [ "${RECORD:-0}" = "1" ]; then
+  {
+    echo "# The versions last verified: a fresh 'pip install -e .[test,qat,tensorrt-rtx]' (+ torch==2.13.0,"
+    echo "# tensorrt-stubs) that passed the whole suite, written by RECORD=1 scripts/check_dependency_floor.sh latest"
+    echo "# on $(date -u +%Y-%m-%d), $(python -V), $(uname -sm). CI does not use this file: it resolves fresh."
+    echo "# Reproduce with: pip install -c constraints/latest.txt -e '.[test,qat,tensorrt-rtx]'"
+    sed -e 's/^torch==\([0-9.]*\)+cpu$/torch==\1/' "$venv/freeze.txt"
+  } > "$here/constraints/latest.txt"
+  echo "== wrote $here/constraints/latest.txt"
+fi
+exit "$status"
