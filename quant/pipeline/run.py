@@ -86,6 +86,21 @@ def run(
 
     for name in (f"{stem}.int8.onnx", f"{stem}.fp16.onnx", f"{stem}.int8-ort.onnx", "report.json", "report.html"):
         check_output_not_input(out_dir / name, prepared.path, data_file(calib_data), data_file(eval_data))
+    if calibration.method == "auto":
+        from dataclasses import replace
+
+        from quant.calibrators.auto import MIN_SAMPLES
+        from quant.pipeline.prepare import open_data
+
+        available = len(open_data(prepared, calib_data))
+        if available < MIN_SAMPLES:  # quant calibrate --method auto refuses; the whole pipeline goes on
+            log.warning(
+                "--method auto needs at least %d calibration samples to hold some aside for scoring (got %d); "
+                "calibrating with entropy",
+                MIN_SAMPLES,
+                available,
+            )
+            calibration = replace(calibration, method="entropy")
     cal = calibrate(
         None,
         calib_data,

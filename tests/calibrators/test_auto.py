@@ -370,3 +370,19 @@ def test_from_stats_auto_scores_on_other_data_only(cnn: tuple[Path, Path, Path],
     assert out.auto is not None and out.auto["scoring_data"] == "separate" and out.auto["held_out"] == 12
     assert out.result.method == "auto" and out.result.num_samples == 40
     assert "scored on 12 samples of --data" in out.message
+
+
+def test_quant_run_falls_back_to_entropy_on_too_few_samples(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """quant run's default auto needs 16 calibration samples; with fewer the pipeline goes on with
+    entropy and says so (quant calibrate --method auto refuses instead: test above)."""
+    from quant import api
+    from quant.config import DataOptions, EvalOptions
+
+    out = api.run(
+        out=tmp_path / "run",
+        calib_data=DataOptions("demo:calib", max_samples=12),
+        eval_data=DataOptions("demo:eval", max_samples=32, batch_size=32),
+        eval_options=EvalOptions(precisions=("fp32", "int8")),
+    )
+    assert out.calibration.result.method == "entropy" and out.calibration.auto is None
+    assert any("needs at least 16 calibration samples" in r.getMessage() for r in caplog.records)
