@@ -134,11 +134,10 @@ class ShardedDataset:
     def summary(self) -> DataSummary:
         from dataclasses import replace
 
-        inner = self._inner if self._inner is not None else self._full
-        s = inner.summary()
-        if self._inner is None:
-            s = replace(s, num_samples=len(self) - s.num_skipped if s.num_skipped else len(self))
-        return s
+        if self._inner is not None:
+            return self._inner.summary()
+        # Read in full and filtered: the whole set's summary, with this shard's sample count.
+        return replace(self._full.summary(), num_samples=len(self))
 
     def describe(self) -> dict[str, Any]:
         """The ``shard`` record of a partial report: which samples of how many, in which batches."""

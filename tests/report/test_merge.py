@@ -184,3 +184,38 @@ def test_merge_refuses_other_runs_with_one_line(models: dict[str, onnx.ModelProt
     whole = replace(a, extra={})
     with pytest.raises(ReportError, match="not a partial report"):
         merge_reports([whole, b])
+
+
+class _NoRangeDataset:
+    """A data set without sample_range: the shard reads it in full and keeps its own batches."""
+
+    def __init__(self, path: Path) -> None:
+        self._inner = _dataset(path)
+
+    input_names = property(lambda self: self._inner.input_names)
+    has_labels = property(lambda self: self._inner.has_labels)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def batches(self, batch_size: int) -> Any:
+        return self._inner.batches(batch_size)
+
+    def fingerprint(self) -> str:
+        return self._inner.fingerprint()
+
+    def summary(self) -> Any:
+        return self._inner.summary()
+
+
+def test_shards_of_a_data_set_without_sample_range(data_file: Path) -> None:
+    whole = [b.feed["input"] for b in _dataset(data_file).batches(BATCH)]
+    got = []
+    for k in (1, 2):
+        ds = shard_dataset(_NoRangeDataset(data_file), Shard(k, 2), batch_size=BATCH)
+        part = [b.feed["input"] for b in ds.batches(BATCH)]
+        assert sum(len(p) for p in part) == len(ds) == ds.summary().num_samples
+        got.extend(part)
+    assert len(got) == len(whole)
+    for a, b in zip(got, whole, strict=True):
+        np.testing.assert_array_equal(a, b)
