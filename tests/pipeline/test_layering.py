@@ -25,6 +25,7 @@ ALLOWED: dict[str, tuple[set[str], set[str]]] = {
     "layers": ({"prepare", "quantize"}, set()),
     "evaluate": ({"prepare", "arithmetic", "quantize", "report", "layers"}, {"calibrate"}),
     "run": ({"prepare", "calibrate", "quantize", "evaluate"}, set()),
+    "distributed": ({"prepare", "calibrate", "evaluate", "sensitivity"}, set()),
     "tensorrt": ({"prepare", "report"}, set()),
 }
 
