@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -216,11 +216,13 @@ def _parse_header(fh: IO[bytes], key: str) -> _Member:
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
         elif version == (3, 0):  # UTF-8 header; numpy reads it only through a private helper
-            try:
-                from numpy.lib import _format_impl as fmt  # numpy >= 2
+            import importlib
+
+            try:  # numpy >= 2 (imported by name: the type check then holds for numpy 1.x too)
+                fmt: Any = importlib.import_module("numpy.lib._format_impl")
             except ImportError:  # pragma: no cover - numpy 1.x
-                from numpy.lib import format as fmt  # type: ignore[no-redef]
-            shape, fortran, dtype = fmt._read_array_header(fh, version)  # type: ignore[attr-defined]
+                fmt = np.lib.format
+            shape, fortran, dtype = fmt._read_array_header(fh, version)
         else:
             raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
         return _Member(key, key, tuple(int(d) for d in shape), np.dtype(dtype), bool(fortran), fh.tell())
