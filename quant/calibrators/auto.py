@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -352,6 +352,30 @@ class AutoRecord:
     scoring_data: str = "held-out"  # "held-out" split of --data, or "separate" data (--from-stats)
     seconds: float | None = None
     cost: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_search(
+        cls, found: SearchResult, tensors: Iterable[str], *, plan: SearchPlan, held_out: int,
+        statistics_samples: int, seed: int, seconds: float, cost: dict[str, Any], scoring_data: str = "held-out",
+    ) -> AutoRecord:
+        """The record of a search over ``tensors`` (those it did not score take ``best_single``)."""
+        return cls(
+            choice={t: found.choice.get(t, found.best_single) for t in tensors},
+            candidates=tuple(c.to_dict() for c in CANDIDATES),
+            scores=found.scores,
+            best_single=found.best_single,
+            score=found.score,
+            searched=len(found.choice),
+            evaluations=found.evaluations,
+            plan=plan,
+            held_out=held_out,
+            statistics_samples=statistics_samples,
+            seed=seed,
+            steps=found.steps,
+            scoring_data=scoring_data,
+            seconds=round(seconds, 3),
+            cost=cost,
+        )
 
     def method_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -735,22 +759,9 @@ def score_and_search(
         found = search(table, searched, scorer, plan=plan)
         forwards = scorer.forwards
         held = scorer.samples
-    choice = {t: found.choice.get(t, found.best_single) for t in stats[0]}
-    return AutoRecord(
-        choice=choice,
-        candidates=tuple(c.to_dict() for c in CANDIDATES),
-        scores=found.scores,
-        best_single=found.best_single,
-        score=found.score,
-        searched=len(found.choice),
-        evaluations=found.evaluations,
-        plan=plan,
-        held_out=held,
-        statistics_samples=statistics_samples,
-        seed=seed,
-        steps=found.steps,
-        scoring_data=scoring_data,
-        seconds=round(time.perf_counter() - start, 3),
+    return AutoRecord.from_search(
+        found, stats[0], plan=plan, held_out=held, statistics_samples=statistics_samples, seed=seed,
+        scoring_data=scoring_data, seconds=time.perf_counter() - start,
         cost={
             "sample_forwards": forwards,
             "calibration_samples": calibration_samples,

@@ -299,20 +299,9 @@ def _auto_amax(
     full = collector.stats()
     choice = {t: found.choice.get(t, found.best_single) for t in targets}
     amax = choose_amax(candidate_ranges({k: full[k] for k in targets}, CANDIDATES), choice, found.best_single)
-    record = AutoRecord(
-        choice=choice,
-        candidates=tuple(c.to_dict() for c in CANDIDATES),
-        scores=found.scores,
-        best_single=found.best_single,
-        score=found.score,
-        searched=len(found.choice),
-        evaluations=found.evaluations,
-        plan=plan,
-        held_out=held,
-        statistics_samples=num_samples - held,
-        seed=seed,
-        steps=found.steps,
-        seconds=round(time.perf_counter() - start, 3),
+    record = AutoRecord.from_search(
+        found, targets, plan=plan, held_out=held, statistics_samples=num_samples - held, seed=seed,
+        seconds=time.perf_counter() - start,
         cost={"sample_forwards": forwards, "calibration_samples": num_samples,
               "passes": round(forwards / num_samples, 3)},
     )
