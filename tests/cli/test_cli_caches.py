@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quant.cache.trt import hex_to_scale
-from quant.cli.main import main
+from tests.cli_helpers import run_main
 from tests.models import make_model
 
 # Names as TensorFlow and PyTorch exporters write them: colons, slashes, bare numbers.
@@ -104,12 +104,6 @@ def error_line(err: str) -> str:
     return lines[0]
 
 
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 @pytest.fixture

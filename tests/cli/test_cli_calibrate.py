@@ -10,16 +10,8 @@ import onnx
 import pytest
 
 from quant.cache.io import read_cache
-from quant.cli.main import main
+from tests.cli_helpers import run_main
 from tests.models import mlp
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 def one_line_error(err: str) -> str:

@@ -13,14 +13,7 @@ from onnx import numpy_helper
 from quant.backends.cpu import host_cpu
 from quant.cli.main import main
 from quant.demo import demo_model_path
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
+from tests.cli_helpers import run_main as cli
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,8 @@ import pytest
 from quant.cache.trt import parse_trt_cache
 from quant.cli.main import main
 from quant.demo import demo_model_path
+from tests.cli_helpers import run_main as cli
 from tests.models import two_input_two_output
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from quant.backends.onnxruntime import OrtRunner
-from quant.cli.main import cli, main
+from quant.cli.main import cli
+from tests.cli_helpers import run_main
 from tests.test_sensitivity import DESTRUCTIVE, write_outlier_files
 
 BUDGET = "2.0"
@@ -29,12 +30,6 @@ def invoke(args: list[str]) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 def top1(model: Path, data: Path) -> float:

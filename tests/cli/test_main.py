@@ -9,17 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from quant.cli.main import cli, main
+from quant.cli.main import cli
+from tests.cli_helpers import run_main
 
 COMMANDS = ["run", "calibrate", "build", "eval", "report", "compare", "inspect"]
 
 
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from quant.cli.main import cli, main
+from quant.cli.main import cli
+from tests.cli_helpers import run_main
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,12 +34,6 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", NO_TORCH + code], capture_output=True, text=True, env=env, cwd=REPO)
 
 
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
 
 
 def test_import_quant_and_help_without_torch() -> None:
