@@ -23,6 +23,7 @@ Builders:
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,7 @@ __all__ = [
     "OPSET",
     "conv_bn_relu_cnn",
     "exact_int8_options",
+    "mlp_eval_files",
     "identity_weights_cnn",
     "make_model",
     "mlp",
@@ -405,3 +407,19 @@ def run_model(
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, feed), strict=True))
+
+
+def mlp_eval_files(folder: Path, *, samples: int, seed: int) -> tuple[Path, Path, Path]:
+    """The :func:`mlp` classifier (16 features, 6 classes) saved in ``folder``, ``samples`` seeded
+    labelled samples as ``val.npz`` and a quant cache calibrated on them: (model, data, cache)."""
+    from quant import api
+    from quant.config import DataOptions
+
+    model = folder / "mlp.onnx"
+    onnx.save(mlp(features=16, hidden=32, classes=6), str(model))
+    rng = np.random.default_rng(seed)
+    data = folder / "val.npz"
+    np.savez(data, input=rng.standard_normal((samples, 16)).astype(np.float32), labels=rng.integers(0, 6, samples))
+    cache = folder / "mlp.cache"
+    api.calibrate(model, DataOptions(str(data)), cache=cache)
+    return model, data, cache

@@ -12,37 +12,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
-from quant.cli.main import main
-from tests.models import mlp
+from tests.cli_helpers import run_main as run
+from tests.models import mlp_eval_files
 
 SAMPLES = 30
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from quant import api
-    from quant.config import DataOptions
-
-    d = tmp_path_factory.mktemp("cli_shards")
-    model = d / "mlp.onnx"
-    onnx.save(mlp(features=16, hidden=32, classes=6), str(model))
-    rng = np.random.default_rng(11)
-    data = d / "val.npz"
-    np.savez(data, input=rng.standard_normal((SAMPLES, 16)).astype(np.float32), labels=rng.integers(0, 6, SAMPLES))
-    cache = d / "mlp.cache"
-    api.calibrate(model, DataOptions(str(data)), cache=cache)
-    return model, data, cache
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    out, err = capsys.readouterr()
-    code = exc.value.code
-    return (code if isinstance(code, int) else 0), out, err
+    return mlp_eval_files(tmp_path_factory.mktemp("cli_shards"), samples=SAMPLES, seed=11)
 
 
 def _eval_args(files: tuple[Path, Path, Path]) -> list[str]:

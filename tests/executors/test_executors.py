@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnx
 import pytest
 
 from quant import api
@@ -20,7 +18,7 @@ from quant.config import DataOptions, EvalOptions
 from quant.errors import UsageError
 from quant.executors import LocalExecutor, ShardTask, make_executor
 from quant.report.schema import Report, load_report
-from tests.models import mlp
+from tests.models import mlp_eval_files
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'quant[ray]')")
 
@@ -31,15 +29,7 @@ PRECISIONS = ("fp32", "int8")
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    d = tmp_path_factory.mktemp("shards")
-    model = d / "mlp.onnx"
-    onnx.save(mlp(features=16, hidden=32, classes=6), str(model))
-    rng = np.random.default_rng(3)
-    data = d / "val.npz"
-    np.savez(data, input=rng.standard_normal((SAMPLES, 16)).astype(np.float32), labels=rng.integers(0, 6, SAMPLES))
-    cache = d / "mlp.cache"
-    api.calibrate(model, DataOptions(str(data)), cache=cache)
-    return model, data, cache
+    return mlp_eval_files(tmp_path_factory.mktemp("shards"), samples=SAMPLES, seed=3)
 
 
 @pytest.fixture(scope="module")
