@@ -72,20 +72,40 @@ def _outputs(model: onnx.ModelProto | str | Path, name: str, x: np.ndarray, batc
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def fidelity(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], classifier: str | None) -> tuple[float, float | None]:
-    """(weakest output's SQNR in dB, top-1 agreement % or None)."""
-    sqnr = math.inf
+def fidelity_parts(
+    ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], classifier: str | None
+) -> dict[str, Any]:
+    """The sums behind :func:`fidelity`, so that several evaluation sets pool exactly: per output
+    sum(ref^2) and sum(err^2), and the top-1 agreements and sample count of the class scores."""
+    parts: dict[str, Any] = {"signal": {}, "noise": {}, "agree": None, "samples": 0}
     for k, r in ref.items():
         r64 = r.astype(np.float64)
-        err = float(np.sum((out[k].astype(np.float64) - r64) ** 2))
-        sig = float(np.sum(r64 * r64))
-        sqnr = min(sqnr, math.inf if err == 0 else 10 * math.log10(sig / err))
-    agree = None
+        parts["noise"][k] = float(np.sum((out[k].astype(np.float64) - r64) ** 2))
+        parts["signal"][k] = float(np.sum(r64 * r64))
+        parts["samples"] = int(r.shape[0])
     if classifier is not None:
         r = ref[classifier].reshape(ref[classifier].shape[0], -1)
         q = out[classifier].reshape(r.shape[0], -1)
-        agree = 100.0 * float(np.mean(np.argmax(r, axis=1) == np.argmax(q, axis=1)))
+        parts["agree"] = int(np.sum(np.argmax(r, axis=1) == np.argmax(q, axis=1)))
+    return parts
+
+
+def pooled(parts: Sequence[Mapping[str, Any]]) -> tuple[float, float | None]:
+    """(weakest output's SQNR in dB, top-1 agreement % or None) over the pooled sums of ``parts``."""
+    sqnr = math.inf
+    for k in parts[0]["signal"]:
+        sig = sum(p["signal"][k] for p in parts)
+        err = sum(p["noise"][k] for p in parts)
+        sqnr = min(sqnr, math.inf if err == 0 else 10 * math.log10(sig / err))
+    agree = None
+    if parts[0]["agree"] is not None:
+        agree = 100.0 * sum(p["agree"] for p in parts) / sum(p["samples"] for p in parts)
     return sqnr, agree
+
+
+def fidelity(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], classifier: str | None) -> tuple[float, float | None]:
+    """(weakest output's SQNR in dB, top-1 agreement % or None)."""
+    return pooled([fidelity_parts(ref, out, classifier)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +163,7 @@ def _ort_static(model_path: Path, calib: np.ndarray, name: str, method: str, out
     return out
 
 
-def compare_model(directory: Path, work: Path, *, budget: float) -> dict[str, Any]:
+def compare_model(directory: Path, work: Path, *, budget: float, subset: bool = True) -> dict[str, Any]:
     from quant import api
     from quant.cache.io import read_cache
     from quant.config import CalibrationOptions, DataOptions
@@ -165,25 +185,30 @@ def compare_model(directory: Path, work: Path, *, budget: float) -> dict[str, An
     rows: list[dict[str, Any]] = []
     cache = work / f"{directory.name}.cache"
     data = DataOptions(str(directory / "calib.npz"), batch_size=batch)
-    subset_amax, subset_n = _subset_ranges(clean, directory / "calib.npz", batch)
+    subset_amax, subset_n = _subset_ranges(clean, directory / "calib.npz", batch) if subset else ({}, None)
     for m in SINGLE:
         method, pct = (m, 99.99) if isinstance(m, str) else m
         t = time.perf_counter()
         out = api.calibrate(model_path, data, cache=cache, options=CalibrationOptions(method=method, percentile=pct))  # type: ignore[arg-type]
         amax = read_cache(cache).amax
         q = insert_qdq(clean, amax).model
-        s, a = fidelity(ref, _outputs(q, name, evald, batch), classifier)
-        s_sub, _ = fidelity(ref, _outputs(insert_qdq(clean, subset_amax[_label(m)]).model, name, evald, batch), classifier)
-        rows.append({"tool": "quant", "method": _label(m), "sqnr_db": s, "agreement": a,
+        parts = fidelity_parts(ref, _outputs(q, name, evald, batch), classifier)
+        s, a = pooled([parts])
+        s_sub = None
+        if subset:
+            s_sub, _ = fidelity(ref, _outputs(insert_qdq(clean, subset_amax[_label(m)]).model, name, evald, batch), classifier)
+        rows.append({"tool": "quant", "method": _label(m), "sqnr_db": s, "agreement": a, "parts": parts,
                      "seconds": time.perf_counter() - t, "action": out.action,
                      "subset_sqnr_db": s_sub, "subset_samples": subset_n})
     t = time.perf_counter()
     out = api.calibrate(model_path, data, cache=work / f"{directory.name}.auto.cache",
                         options=CalibrationOptions(method="auto", auto_budget=budget))
     amax = read_cache(work / f"{directory.name}.auto.cache").amax
-    s, a = fidelity(ref, _outputs(insert_qdq(clean, amax).model, name, evald, batch), classifier)
+    parts = fidelity_parts(ref, _outputs(insert_qdq(clean, amax).model, name, evald, batch), classifier)
+    s, a = pooled([parts])
     record = out.auto or {}
-    rows.append({"tool": "quant", "method": "auto", "sqnr_db": s, "agreement": a, "seconds": time.perf_counter() - t,
+    rows.append({"tool": "quant", "method": "auto", "sqnr_db": s, "agreement": a, "parts": parts,
+                 "seconds": time.perf_counter() - t,
                  "choice": _counts(record.get("choice") or {}), "held_out_sqnr_db": (record.get("score") or {}).get("sqnr_db"),
                  "best_single_held_out": record.get("best_single"), "evaluations": record.get("evaluations"),
                  "calibration_scores": {k: (v or {}).get("sqnr_db") for k, v in (record.get("scores") or {}).items()},
@@ -193,9 +218,10 @@ def compare_model(directory: Path, work: Path, *, budget: float) -> dict[str, An
         t = time.perf_counter()
         try:
             qpath = _ort_static(model_path, calib, name, method, work / f"{directory.name}.ort-{method}.onnx")
-            s, a = fidelity(ref, _outputs(qpath, name, evald, batch), classifier)
+            parts = fidelity_parts(ref, _outputs(qpath, name, evald, batch), classifier)
+            s, a = pooled([parts])
             rows.append({"tool": "onnxruntime", "method": method.lower(), "sqnr_db": s, "agreement": a,
-                         "seconds": time.perf_counter() - t})
+                         "parts": parts, "seconds": time.perf_counter() - t})
         except Exception as exc:  # a peer that fails on a model is reported, not hidden
             rows.append({"tool": "onnxruntime", "method": method.lower(), "error": str(exc).splitlines()[0][:120]})
     return {
@@ -274,6 +300,201 @@ def render_compare(results: Sequence[dict[str, Any]]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def compare_protocol(root: Path, names: Sequence[str] | None, work: Path, *, budget: float) -> list[dict[str, Any]]:
+    """Every split of ``root/protocol.json`` (K-fold splits of the photos, ``real_models.py
+    prepare --folds``): per model, the rows of :func:`compare_model` for each split."""
+    protocol = json.loads((root / "protocol.json").read_text())
+    splits = [s["split"] for s in protocol["splits"]]
+    models = names or sorted(d.name for d in (root / splits[0]).iterdir() if d.is_dir())
+    out = []
+    for model in models:
+        per_split = []
+        for split in splits:
+            sub = work / split
+            sub.mkdir(exist_ok=True)
+            per_split.append(compare_model(root / split / model, sub, budget=budget, subset=False))
+            print(f"  {model} {split}: " + ", ".join(
+                f"{r['tool'][:4]} {r['method']} {_db(r.get('sqnr_db'))}" for r in per_split[-1]["rows"]), flush=True)
+        out.append({"model": model, "protocol": {k: v for k, v in protocol.items() if k != "splits"},
+                    "splits": splits, "results": per_split})
+        print(render_protocol(out[-1:]), flush=True)
+    return out
+
+
+def _key(r: Mapping[str, Any]) -> str:
+    return f"{r['tool']} {r['method']}"
+
+
+def summarize_protocol(res: Mapping[str, Any]) -> dict[str, Any]:
+    """Per row (tool, method): SQNR pooled over every evaluation photo of every split, its
+    per-split figures, and (auto) its per-split difference to the best single method."""
+    splits = res["results"]
+    keys = [_key(r) for r in splits[0]["rows"] if "sqnr_db" in r]
+    table: dict[str, dict[str, Any]] = {}
+    for key in keys:
+        rows = [next(r for r in sp["rows"] if _key(r) == key and "parts" in r) for sp in splits]
+        sq, ag = pooled([r["parts"] for r in rows])
+        table[key] = {"pooled_db": sq, "agreement": ag, "per_split": [r["sqnr_db"] for r in rows],
+                      "mean_db": float(np.mean([r["sqnr_db"] for r in rows])), "rows": rows}
+    singles = [k for k in keys if k.startswith("quant ") and k != "quant auto"]
+    peers = [k for k in keys if k.startswith("onnxruntime ")]
+    best = max(singles, key=lambda k: table[k]["pooled_db"])
+    best_peer = max(peers, key=lambda k: table[k]["pooled_db"]) if peers else None
+    auto = table["quant auto"]
+    diff = np.array(auto["per_split"]) - np.array(table[best]["per_split"])
+    oracle = np.max(np.array([table[k]["per_split"] for k in singles]), axis=0)
+    return {
+        "table": table, "best": best, "best_peer": best_peer,
+        "auto_minus_best_db": auto["pooled_db"] - table[best]["pooled_db"],
+        "auto_minus_peer_db": None if best_peer is None else auto["pooled_db"] - table[best_peer]["pooled_db"],
+        "per_split_diff_mean": float(diff.mean()),
+        "per_split_diff_se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None,
+        "oracle_mean_db": float(oracle.mean()),
+        "auto_choices": [r.get("best_single_held_out") for r in auto["rows"]],
+    }
+
+
+def render_protocol(results: Sequence[Mapping[str, Any]]) -> str:
+    lines = []
+    for res in results:
+        summ = summarize_protocol(res)
+        proto = res["protocol"]
+        first = res["results"][0]
+        n_eval = sum(sp["eval_samples"] for sp in res["results"])
+        lines.append(
+            f"#### {res['model']}: {proto['repeats']} x {proto['folds']}-fold, {len(res['splits'])} splits, "
+            f"about {first['calib_samples']} calibration / {first['eval_samples']} evaluation images each, "
+            f"{n_eval} evaluations in all")
+        lines.append("")
+        head = ["tool", "method", "SQNR dB, pooled", "mean of splits", *res["splits"], "top-1 agree %", "note"]
+        table = []
+        for key, t in summ["table"].items():
+            note = ""
+            if key == summ["best"]:
+                note = "best single method"
+            elif key == summ["best_peer"]:
+                note = "best ONNX Runtime"
+            if key == "quant auto":
+                se = summ["per_split_diff_se"]
+                note = (f"{summ['auto_minus_best_db']:+.2f} dB vs best single pooled; per split "
+                        f"{summ['per_split_diff_mean']:+.2f}" + (f" +- {se:.2f} (s.e.)" if se is not None else ""))
+            agree = "-" if t["agreement"] is None else f"{t['agreement']:.1f}"
+            tool, method = key.split(" ", 1)
+            table.append([tool, method, _db(t["pooled_db"]), _db(t["mean_db"]), *(_db(x) for x in t["per_split"]),
+                          agree, note])
+        lines.append(format_table(head, table))
+        lines.append("")
+        choices = ", ".join(f"{sp} {c}" for sp, c in zip(res["splits"], summ["auto_choices"], strict=True))
+        lines.append(f"auto's model-level choice per split: {choices}; the best single method of each split "
+                     f"(chosen afterwards on its evaluation photos) averages {summ['oracle_mean_db']:.2f} dB")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_protocol_summary(results: Sequence[Mapping[str, Any]]) -> str:
+    rows = []
+    for res in results:
+        summ = summarize_protocol(res)
+        tb = summ["table"]
+        peer = summ["best_peer"]
+        se = summ["per_split_diff_se"]
+        rows.append([
+            res["model"], f"{summ['best'].split(' ', 1)[1]} {tb[summ['best']]['pooled_db']:.2f}",
+            _db(tb["quant auto"]["pooled_db"]), f"{summ['auto_minus_best_db']:+.2f}",
+            f"{summ['per_split_diff_mean']:+.2f}" + (f" +- {se:.2f}" if se is not None else ""),
+            _db(tb["quant entropy"]["pooled_db"]),
+            "-" if peer is None else f"{peer.split(' ', 1)[1]} {tb[peer]['pooled_db']:.2f}",
+            "-" if summ["auto_minus_peer_db"] is None else f"{summ['auto_minus_peer_db']:+.2f}",
+        ])
+    return format_table(["model", "best single method (pooled)", "auto", "auto - best", "per split, mean +- s.e.",
+                         "entropy", "best ONNX Runtime", "auto - ORT"], rows)
+
+
+# --------------------------------------------------------------------------------------------
+# rules: how auto's model-level choice carries over to unseen samples, on calibration data only
+# --------------------------------------------------------------------------------------------
+
+
+def _db_sum(signal: np.ndarray, noise: np.ndarray) -> float:
+    """Weakest output's pooled SQNR (dB) of per-sample (rows) x output (columns) sums."""
+    sig, err = signal.sum(axis=0), noise.sum(axis=0)
+    return float(min(math.inf if e == 0 else 10 * math.log10(s_ / e) for s_, e in zip(sig, err, strict=True)))
+
+
+def _mean_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    """Mean over samples of each sample's weakest-output SQNR (dB)."""
+    with np.errstate(divide="ignore"):
+        per = 10 * np.log10(np.maximum(signal, 1e-300) / np.maximum(noise, 1e-300))
+    return float(np.mean(per.min(axis=1)))
+
+
+RULES = {"pooled": _db_sum, "mean of samples": _mean_db}
+
+
+def rule_regret(calib: Path, *, folds: int | None, halvings: int = 200, seed: int = 0) -> dict[str, Any]:
+    """Auto's folds on ``calib`` (calibration samples only; ``folds`` None: as auto forms them):
+    every candidate's per-sample fidelity, each sample scored with ranges from the statistics of
+    the other folds. Then ``halvings`` seeded random halvings of the scored samples: each rule
+    chooses a candidate on one half; its regret is the other half's best pooled SQNR minus the
+    chosen one's (dB). Nothing here sees evaluation data."""
+    from quant.calibrators import auto
+    from quant.calibrators.calibrate import collect_statistics
+    from quant.calibrators.stats import StatsCollector
+    from quant.datasets.loader import open_dataset
+    from quant.graph.cleanup import cleanup
+    from quant.graph.load import input_specs, load_model
+    from quant.graph.qdq import calibration_tensors
+
+    clean = cleanup(load_model(calib.parent / "model.onnx"))
+    ds = open_dataset(str(calib), inputs=input_specs(clean), preprocess=None, max_samples=None, seed=0,
+                      on_bad_image="fail", workers=None)
+    n = len(ds)
+    scored, k_auto = auto.scoring_plan(n)
+    k = k_auto if folds is None else folds
+    rest, parts = auto.split_folds(n, scored, k, seed=0)
+    tensors = calibration_tensors(clean)
+    cols = []
+    for pos in [*parts, rest]:
+        if len(pos):
+            cols.append(collect_statistics(clean, auto.SubsetDataset(ds, pos, tag="rules"), tensors, batch_size=8)[0])
+        else:
+            cols.append(None)
+    tables = []
+    for i in range(k):
+        merged = StatsCollector()
+        for j, c in enumerate(cols):
+            if j != i and c is not None:
+                merged.merge(c)
+        tables.append(auto.candidate_ranges(merged.stats()))
+    feeds, fold_of = [], []
+    for i, pos in enumerate(parts):
+        part = auto.collect_feeds(auto.SubsetDataset(ds, pos, tag="rules"), 8)
+        feeds += part
+        fold_of += [i] * len(part)
+    labels = list(tables[0])
+    per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    base = {t: v for t, v in tables[0]["minmax"].items()}
+    with auto.OutputScorer(clean, base, feeds, folds=fold_of) as scorer:
+        for lab in labels:
+            amax = {t: tuple(tb[lab][t] for tb in tables) for t in scorer.quantized}
+            sig, err, _ = scorer.per_sample(amax)
+            per[lab] = (sig, err)
+    m = next(iter(per.values()))[0].shape[0]
+    rng = np.random.default_rng(seed)
+    regret: dict[str, list[float]] = {r: [] for r in RULES}
+    for _ in range(halvings):
+        order = rng.permutation(m)
+        a, b = order[: m // 2], order[m // 2 :]
+        b_scores = {lab: _db_sum(per[lab][0][b], per[lab][1][b]) for lab in labels}
+        for rule, fn in RULES.items():
+            chosen = max(labels, key=lambda lab: fn(per[lab][0][a], per[lab][1][a]))
+            regret[rule].append(max(b_scores.values()) - b_scores[chosen])
+    return {"samples": n, "scored": m, "folds": k,
+            "regret_db": {r: float(np.mean(v)) for r, v in regret.items()},
+            "pooled_db": {lab: _db_sum(*per[lab]) for lab in labels},
+            "mean_db": {lab: _mean_db(*per[lab]) for lab in labels}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,10 +589,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser("compare", help="methods, auto and ONNX Runtime on real models")
-    c.add_argument("--real", type=Path, required=True, help="the folder 'scripts/real_models.py prepare' wrote")
+    c.add_argument("--real", type=Path, required=True,
+                   help="the folder 'scripts/real_models.py prepare' wrote (with --folds: every split in it)")
     c.add_argument("--models", default=None, help="comma-separated model names (default: every folder)")
     c.add_argument("--budget", type=float, default=2.5, help="--auto-budget")
     c.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    r = sub.add_parser("rules", help="auto's choice rules judged on calibration data only (halvings)")
+    r.add_argument("--real", type=Path, required=True, help="a folder of 'real_models.py prepare --folds'")
+    r.add_argument("--models", default=None)
+    r.add_argument("--folds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
+                   help="comma-separated fold counts to try (0: as auto forms them)")
+    r.add_argument("--json", type=Path, default=None)
     k = sub.add_parser("cost", help="auto's cost on ResNet-50")
     k.add_argument("--samples", type=int, default=128)
     k.add_argument("--json", type=Path, default=None)
@@ -380,13 +608,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"CPU: {cpu['cpu']} ({cpu['cores']} cores, {' '.join(cpu['isa'])})\n")
     with tempfile.TemporaryDirectory(prefix="quant-bench-methods-") as tmp:
         work = Path(tmp)
-        if args.command == "compare":
+        if args.command == "compare" and (args.real / "protocol.json").exists():
+            names = args.models.split(",") if args.models else None
+            results = compare_protocol(args.real, names, work, budget=args.budget)
+            print(render_protocol_summary(results))
+            payload: Any = {"cpu": cpu, "protocol": True, "results": results}
+        elif args.command == "rules":
+            protocol = json.loads((args.real / "protocol.json").read_text())
+            splits = [x["split"] for x in protocol["splits"]]
+            names = args.models.split(",") if args.models else sorted(
+                d.name for d in (args.real / splits[0]).iterdir() if d.is_dir())
+            results = []
+            for model in names:
+                for split in splits:
+                    for k in args.folds:
+                        r = rule_regret(args.real / split / model / "calib.npz", folds=k or None)
+                        results.append({"model": model, "split": split, **r})
+                        print(f"{model} {split} folds {r['folds']}: mean regret "
+                              + ", ".join(f"{rule} {v:.2f} dB" for rule, v in r["regret_db"].items()), flush=True)
+            payload = {"cpu": cpu, "rules": results}
+        elif args.command == "compare":
             names = args.models.split(",") if args.models else sorted(d.name for d in args.real.iterdir() if d.is_dir())
             results = []
             for n in names:
                 results.append(compare_model(args.real / n, work, budget=args.budget))
                 print(render_compare(results[-1:]), flush=True)
-            payload: Any = {"cpu": cpu, "results": results}
+            payload = {"cpu": cpu, "results": results}
         else:
             payload = {"cpu": cpu, **cost(args.samples, work)}
             print(render_cost(payload))

@@ -17,19 +17,25 @@ Each model's preprocessing (size, colour order, mean/std, resize rule) is taken 
 package's own inference code, cited per model below.
 
 Photos: the real photos of the ``scikit-image`` wheel (``skimage/data/``), scikit-learn's two
-(``sklearn/datasets/images/``) and Matplotlib's Grace Hopper portrait: 23 photos, 11 of them
-grayscale (replicated to three channels, as OpenCV's GRAY2BGR does in the packages' own code).
-Five further non-photo images from the scikit-image wheel (a horse silhouette, a logo, a colour
-wheel, the Shepp-Logan phantom, an RGB chessboard) only ever go into *calibration*, never into
-evaluation. The split is seeded: ``numpy.random.default_rng(seed).permutation`` of the 23
-photos; the first 9 are the evaluation set, the other 14 plus the 5 non-photos the calibration
-set (19 / 9, the split the issues quote). ``--photos-only`` leaves the non-photos out (14 / 9).
+(``sklearn/datasets/images/``), Matplotlib's Grace Hopper portrait, Ultralytics' two
+(``ultralytics/assets/``: a street with a bus, two men) and two of Mahotas' demo images (a
+portrait, fluorescent nuclei): 27 photos, 11 of them grayscale (replicated to three channels, as
+OpenCV's GRAY2BGR does in the packages' own code). Six further non-photo images (from the
+scikit-image wheel a horse silhouette, a logo, a colour wheel, the Shepp-Logan phantom, an RGB
+chessboard; from Mahotas a drawn crowd scene) only ever go into *calibration*, never into
+evaluation. The split is seeded: ``numpy.random.default_rng(seed).permutation`` of the 27
+photos; the first 9 are the evaluation set, the other 18 plus the 6 non-photos the calibration
+set (24 / 9). ``--photos-only`` leaves the non-photos out (18 / 9). ``--photo-set 23`` uses the
+first release's 23 photos and 5 non-photos (19 / 9, the split the older tables and issues quote).
+``--folds K --repeats R`` writes R seeded K-fold splits instead (``DIR/r<r>f<i>/``, and
+``DIR/protocol.json``): in each repeat every photo is evaluated exactly once, calibrated without it.
 
 Usage::
 
     python scripts/real_models.py list
     python scripts/real_models.py where ppocr_cls
     python scripts/real_models.py prepare --out /tmp/real [--models ppocr_cls,yolov8n_nudenet]
+    python scripts/real_models.py prepare --out /tmp/realcv --folds 3 --repeats 2 --photos-only
     quant run /tmp/real/ppocr_cls/model.onnx --data /tmp/real/ppocr_cls/calib.npz \\
         --eval-data /tmp/real/ppocr_cls/eval.npz --out /tmp/rm/ppocr_cls
     python scripts/real_models.py summary /tmp/rm/*
@@ -288,10 +294,27 @@ PHOTOS: tuple[Photo, ...] = (
         "grace_hopper.jpg",
         WheelFile("matplotlib", "3.11.2", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
     ),
+    Photo("bus.jpg", WheelFile("ultralytics", "8.4.190", "ultralytics", "assets/bus.jpg")),
+    Photo("zidane.jpg", WheelFile("ultralytics", "8.4.190", "ultralytics", "assets/zidane.jpg")),
+    Photo("luispedro.jpg", WheelFile("mahotas", "1.4.19", "mahotas", "demos/data/luispedro.jpg")),
+    Photo("nuclear.png", WheelFile("mahotas", "1.4.19", "mahotas", "demos/data/nuclear.png")),
     *(
         _skimage(n, photo=False)
         for n in ("horse.png", "logo.png", "color.png", "phantom.png", "chessboard_RGB.png")
     ),
+    Photo(
+        "DepartmentStore.jpg",  # a drawn crowd scene (an illustration, not a photo)
+        WheelFile("mahotas", "1.4.19", "mahotas", "demos/data/DepartmentStore.jpg"),
+        photo=False,
+    ),
+)
+
+#: The photos of the first release of this list (before bus, zidane, luispedro, nuclear and the
+#: drawing were added): ``--photo-set 23`` reproduces the splits of the tables made with it.
+PHOTO_SET_23 = frozenset(
+    p.name
+    for p in PHOTOS
+    if p.file.package in ("skimage", "sklearn", "matplotlib")
 )
 
 
@@ -309,20 +332,52 @@ def get_model(name: str) -> ModelSpec:
     return MODELS[name]
 
 
+def photo_set(name: str = "all") -> tuple[Photo, ...]:
+    """The images of ``--photo-set``: ``all`` (every entry of :data:`PHOTOS`) or ``23`` (the
+    first release's 23 photos and 5 non-photos, which the older tables were made with)."""
+    if name == "all":
+        return PHOTOS
+    if name == "23":
+        return tuple(p for p in PHOTOS if p.name in PHOTO_SET_23)
+    raise RealModelError(f"--photo-set {name!r}: use 'all' or '23'")
+
+
 def split_photos(
-    *, seed: int = 0, n_eval: int = 9, photos_only: bool = False
+    *,
+    seed: int = 0,
+    n_eval: int = 9,
+    photos_only: bool = False,
+    fold: int | None = None,
+    folds: int | None = None,
+    photos: Sequence[Photo] | None = None,
 ) -> tuple[list[Photo], list[Photo]]:
-    """Seeded (calibration, evaluation) split: eval = n_eval real photos; non-photos only calibrate."""
+    """Seeded (calibration, evaluation) split: eval = real photos only; non-photos only calibrate.
+
+    The real photos are permuted by ``numpy.random.default_rng(seed)``. Without ``folds`` the
+    first ``n_eval`` are the evaluation set. With ``folds`` K and ``fold`` i (0-based), the
+    permutation is cut into K parts of sizes differing by at most one and part i is the
+    evaluation set (K-fold: over i = 0..K-1 every photo is evaluated exactly once, each time
+    calibrated without it)."""
     import numpy as np
 
-    real = [p for p in PHOTOS if p.photo]
-    if not 0 < n_eval < len(real):
-        raise RealModelError(f"--n-eval {n_eval}: must be between 1 and {len(real) - 1}")
+    pool = PHOTOS if photos is None else tuple(photos)
+    real = [p for p in pool if p.photo]
     order = np.random.default_rng(seed).permutation(len(real))
-    evaluation = [real[i] for i in order[:n_eval]]
-    calibration = [real[i] for i in order[n_eval:]]
+    if folds is not None:
+        if not 2 <= folds <= len(real) // 2:
+            raise RealModelError(f"--folds {folds}: must be between 2 and {len(real) // 2}")
+        if fold is None or not 0 <= fold < folds:
+            raise RealModelError(f"fold {fold}: must be between 0 and {folds - 1}")
+        chosen = set(order[fold::folds].tolist())
+        evaluation = [real[i] for i in order if i in chosen]
+        calibration = [real[i] for i in order if i not in chosen]
+    else:
+        if not 0 < n_eval < len(real):
+            raise RealModelError(f"--n-eval {n_eval}: must be between 1 and {len(real) - 1}")
+        evaluation = [real[i] for i in order[:n_eval]]
+        calibration = [real[i] for i in order[n_eval:]]
     if not photos_only:
-        calibration += [p for p in PHOTOS if not p.photo]
+        calibration += [p for p in pool if not p.photo]
     return calibration, evaluation
 
 
@@ -414,10 +469,53 @@ def prepare(
     seed: int = 0,
     n_eval: int = 9,
     photos_only: bool = False,
+    folds: int | None = None,
+    repeats: int = 1,
+    photo_set_name: str = "all",
 ) -> list[Path]:
-    """Write ``out/<name>/{model.onnx,calib.npz,eval.npz,info.json}`` per model; return the folders."""
+    """Write ``out/<name>/{model.onnx,calib.npz,eval.npz,info.json}`` per model; return the folders.
+
+    With ``folds`` K: ``repeats`` R K-fold splits (seeds ``seed`` .. ``seed + R - 1``), each
+    split in ``out/r<r>f<i>/<name>/`` and the protocol in ``out/protocol.json``: over the K folds
+    of one repeat every photo is evaluated once, calibrated without it."""
+    photos = photo_set(photo_set_name)
+    if folds is None:
+        return _prepare_split(
+            out, names, seed=seed, split=split_photos(
+                seed=seed, n_eval=n_eval, photos_only=photos_only, photos=photos),
+            protocol={"photo_set": photo_set_name, "photos_only": photos_only, "n_eval": n_eval},
+        )
+    if repeats < 1:
+        raise RealModelError(f"--repeats {repeats}: must be at least 1")
+    written: list[Path] = []
+    splits = []
+    for r in range(repeats):
+        for i in range(folds):
+            name = f"r{r}f{i}"
+            split = split_photos(seed=seed + r, photos_only=photos_only, fold=i, folds=folds, photos=photos)
+            protocol = {"photo_set": photo_set_name, "photos_only": photos_only, "folds": folds,
+                        "fold": i, "repeat": r}
+            written += _prepare_split(out / name, names, seed=seed + r, split=split,
+                                      protocol=protocol)
+            splits.append({"split": name, "seed": seed + r, "fold": i,
+                           "calibration": [p.name for p in split[0]], "evaluation": [p.name for p in split[1]]})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "protocol.json").write_text(json.dumps(
+        {"folds": folds, "repeats": repeats, "seed": seed, "photos_only": photos_only,
+         "photo_set": photo_set_name, "splits": splits}, indent=2) + "\n")
+    return written
+
+
+def _prepare_split(
+    out: Path,
+    names: Sequence[str] | None,
+    *,
+    seed: int,
+    split: tuple[list[Photo], list[Photo]],
+    protocol: dict[str, object],
+) -> list[Path]:
     specs = [get_model(n) for n in (names or list(MODELS))]
-    calibration, evaluation = split_photos(seed=seed, n_eval=n_eval, photos_only=photos_only)
+    calibration, evaluation = split
     for p in (*calibration, *evaluation):
         p.file.locate()  # fail on a missing wheel before writing anything
     for spec in specs:
@@ -439,6 +537,7 @@ def prepare(
             "installed_version": _installed_version(spec.file.pip_name),
             "model_sha256": _sha256(src),
             "seed": seed,
+            "protocol": protocol,
             "calibration": [p.name for p in calibration],
             "evaluation": [p.name for p in evaluation],
             "shapes": {"calib": list(calib.shape), "eval": list(evaluation_arr.shape)},
@@ -520,7 +619,8 @@ def _cmd_where(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
-    prepare(Path(args.out), names=names, seed=args.seed, n_eval=args.n_eval, photos_only=args.photos_only)
+    prepare(Path(args.out), names=names, seed=args.seed, n_eval=args.n_eval, photos_only=args.photos_only,
+            folds=args.folds, repeats=args.repeats, photo_set_name=args.photo_set)
     return 0
 
 
@@ -537,8 +637,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--n-eval", type=int, default=9)
     prep.add_argument(
-        "--photos-only", action="store_true", help="leave the 5 non-photo images out of calibration"
+        "--photos-only", action="store_true", help="leave the non-photo images out of calibration"
     )
+    prep.add_argument(
+        "--folds", type=int, default=None,
+        help="K-fold splits of the photos (each photo evaluated once per repeat) in DIR/r<r>f<i>/",
+    )
+    prep.add_argument("--repeats", type=int, default=1, help="with --folds: K-fold splits with seeds SEED..SEED+R-1")
+    prep.add_argument("--photo-set", default="all", choices=["all", "23"],
+                      help="'23': the first release's 23 photos + 5 non-photos (the older tables)")
     summary = sub.add_parser("summary", help="INT8/FP16 SQNR and agreement from quant run --out folders")
     summary.add_argument("runs", nargs="+", help="folders holding a quant report.json")
     args = parser.parse_args(argv)

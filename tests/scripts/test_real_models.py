@@ -47,7 +47,7 @@ def _run(name: str, image: Image.Image) -> list[np.ndarray]:
 
 def test_split_is_seeded_disjoint_and_evaluates_only_photos() -> None:
     calib, evaluation = rm.split_photos(seed=0)
-    assert (len(calib), len(evaluation)) == (19, 9)
+    assert (len(calib), len(evaluation)) == (24, 9)  # 18 photos + 6 non-photos / 9 photos
     assert not {p.name for p in calib} & {p.name for p in evaluation}
     assert all(p.photo for p in evaluation)
     again = rm.split_photos(seed=0)
@@ -55,12 +55,41 @@ def test_split_is_seeded_disjoint_and_evaluates_only_photos() -> None:
     other = rm.split_photos(seed=1)[1]
     assert [p.name for p in other] != [p.name for p in evaluation]
     calib_only, eval_only = rm.split_photos(seed=0, photos_only=True)
-    assert (len(calib_only), len(eval_only)) == (14, 9)
+    assert (len(calib_only), len(eval_only)) == (18, 9)
     assert all(p.photo for p in calib_only)
 
 
+def test_photo_set_23_reproduces_the_first_release_split() -> None:
+    old = rm.photo_set("23")
+    assert (sum(p.photo for p in old), sum(not p.photo for p in old)) == (23, 5)
+    calib, evaluation = rm.split_photos(seed=0, photos=old)
+    assert (len(calib), len(evaluation)) == (19, 9)
+    # the split of the tables made before the photos of ultralytics and mahotas were added
+    assert [p.name for p in evaluation][:3] == ["rocket.jpg", "chelsea.png", "china.jpg"]
+
+
+def test_k_fold_splits_evaluate_every_photo_once_never_calibrating_with_it() -> None:
+    real = {p.name for p in rm.PHOTOS if p.photo}
+    seen: list[str] = []
+    for fold in range(3):
+        calib, evaluation = rm.split_photos(seed=5, fold=fold, folds=3, photos_only=True)
+        names = [p.name for p in evaluation]
+        assert not set(names) & {p.name for p in calib}
+        assert {p.name for p in calib} | set(names) == real
+        assert len(names) == 9 and all(p.photo for p in evaluation)
+        seen += names
+    assert sorted(seen) == sorted(real)
+    assert [p.name for p in rm.split_photos(seed=5, fold=0, folds=3)[1]] == [
+        p.name for p in rm.split_photos(seed=5, fold=0, folds=3, photos_only=True)[1]]
+    assert [p.name for p in rm.split_photos(seed=6, fold=0, folds=3)[1]] != seen[:9]
+    with pytest.raises(rm.RealModelError, match="--folds 1: must be between 2 and 13"):
+        rm.split_photos(fold=0, folds=1)
+    with pytest.raises(rm.RealModelError, match="fold 3: must be between 0 and 2"):
+        rm.split_photos(fold=3, folds=3)
+
+
 def test_bad_arguments_name_the_fix() -> None:
-    with pytest.raises(rm.RealModelError, match="--n-eval 0: must be between 1 and 22"):
+    with pytest.raises(rm.RealModelError, match="--n-eval 0: must be between 1 and 26"):
         rm.split_photos(n_eval=0)
     with pytest.raises(rm.RealModelError, match="unknown model 'resnet'; known: ppocr_cls"):
         rm.get_model("resnet")
@@ -133,13 +162,28 @@ def test_orientation_classifier_tells_upright_from_upside_down() -> None:
 
 def test_prepare_writes_model_and_both_splits(tmp_path: Path) -> None:
     spec = rm.get_model("ppocr_cls")
-    _need(spec.file.package, "skimage", "sklearn", "matplotlib")
+    _need(spec.file.package, "skimage", "sklearn", "matplotlib", "ultralytics", "mahotas")
     (folder,) = rm.prepare(tmp_path, names=["ppocr_cls"], seed=3)
     assert (folder / "model.onnx").read_bytes() == spec.file.locate().read_bytes()
     with np.load(folder / "calib.npz") as calib, np.load(folder / "eval.npz") as evaluation:
         assert list(calib) == ["x"] and list(evaluation) == ["x"]
-        assert calib["x"].shape == (19, 3, 48, 192) and evaluation["x"].shape == (9, 3, 48, 192)
+        assert calib["x"].shape == (24, 3, 48, 192) and evaluation["x"].shape == (9, 3, 48, 192)
         assert not np.array_equal(calib["x"][:9], evaluation["x"])
     info = json.loads((folder / "info.json").read_text())
     assert info["evaluation"] == [p.name for p in rm.split_photos(seed=3)[1]]
     assert not list(folder.glob("*.tmp"))
+
+
+def test_prepare_folds_writes_every_split_and_the_protocol(tmp_path: Path) -> None:
+    _need("rapidocr_onnxruntime", "skimage", "sklearn", "matplotlib", "ultralytics", "mahotas")
+    folders = rm.prepare(tmp_path, names=["ppocr_cls"], seed=2, folds=3, repeats=2, photos_only=True)
+    assert [f.parent.name for f in folders] == ["r0f0", "r0f1", "r0f2", "r1f0", "r1f1", "r1f2"]
+    protocol = json.loads((tmp_path / "protocol.json").read_text())
+    assert (protocol["folds"], protocol["repeats"], protocol["photos_only"]) == (3, 2, True)
+    split = protocol["splits"][4]
+    assert (split["split"], split["seed"], split["fold"]) == ("r1f1", 3, 1)
+    info = json.loads((tmp_path / "r1f1" / "ppocr_cls" / "info.json").read_text())
+    assert info["evaluation"] == split["evaluation"] == [
+        p.name for p in rm.split_photos(seed=3, fold=1, folds=3, photos_only=True)[1]]
+    with np.load(tmp_path / "r1f1" / "ppocr_cls" / "calib.npz") as calib:
+        assert calib["x"].shape == (18, 3, 48, 192)
