@@ -674,26 +674,37 @@ class OutputScorer:
             scales[name] = np.array(np.float32(a / 127.0), dtype=np.float32)
         return scales
 
-    def __call__(self, amax: Mapping[str, Any]) -> Score:
+    def per_sample(self, amax: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(signal, noise, top-1 agreement or None): per scored sample (rows, in feed order) and
+        output (columns, :attr:`outputs` order), sum(ref^2) and sum(err^2)."""
         by_fold = {k: self._scales(amax, k) for k in sorted(set(self.folds))}
-        signal = dict.fromkeys(self.outputs, 0.0)
-        noise = dict.fromkeys(self.outputs, 0.0)
-        agree = total = 0
+        signal: list[np.ndarray] = []
+        noise: list[np.ndarray] = []
+        agree: list[np.ndarray] = []
         for feed, ref, fold in zip(self.feeds, self.reference, self.folds, strict=True):
             out = self._runner.infer({**feed, **by_fold[fold]})
-            self.forwards += int(next(iter(feed.values())).shape[0])
-            for name in self.outputs:
-                r = np.asarray(ref[name], dtype=np.float64)
-                q = np.asarray(out[name], dtype=np.float64)
-                signal[name] += float(np.sum(r * r))
-                noise[name] += float(np.sum((q - r) ** 2))
+            n = int(next(iter(feed.values())).shape[0])
+            self.forwards += n
+            sig = np.zeros((n, len(self.outputs)))
+            err = np.zeros((n, len(self.outputs)))
+            for j, name in enumerate(self.outputs):
+                r = np.asarray(ref[name], dtype=np.float64).reshape(n, -1)
+                q = np.asarray(out[name], dtype=np.float64).reshape(n, -1)
+                sig[:, j] = np.sum(r * r, axis=1)
+                err[:, j] = np.sum((q - r) ** 2, axis=1)
+            signal.append(sig)
+            noise.append(err)
             for name in self._classifier[:1]:
-                r2 = np.asarray(ref[name]).reshape(ref[name].shape[0], -1)
-                q2 = np.asarray(out[name]).reshape(r2.shape[0], -1)
-                agree += int(np.sum(np.argmax(r2, axis=1) == np.argmax(q2, axis=1)))
-                total += r2.shape[0]
-        sqnr = min(_sqnr(signal[n], noise[n]) for n in self.outputs)
-        return Score(sqnr_db=sqnr, agreement=100.0 * agree / total if total else None)
+                r2 = np.asarray(ref[name]).reshape(n, -1)
+                q2 = np.asarray(out[name]).reshape(n, -1)
+                agree.append(np.argmax(r2, axis=1) == np.argmax(q2, axis=1))
+        return np.concatenate(signal), np.concatenate(noise), (np.concatenate(agree) if agree else None)
+
+    def __call__(self, amax: Mapping[str, Any]) -> Score:
+        signal, noise, agree = self.per_sample(amax)
+        sig, err = signal.sum(axis=0), noise.sum(axis=0)
+        sqnr = min(_sqnr(float(sig[j]), float(err[j])) for j in range(len(self.outputs)))
+        return Score(sqnr_db=sqnr, agreement=None if agree is None else 100.0 * float(np.mean(agree)))
 
 
 def _sqnr(signal: float, noise: float) -> float:
