@@ -163,7 +163,9 @@ def _ort_static(model_path: Path, calib: np.ndarray, name: str, method: str, out
     return out
 
 
-def compare_model(directory: Path, work: Path, *, budget: float, subset: bool = True) -> dict[str, Any]:
+def compare_model(
+    directory: Path, work: Path, *, budget: float, subset: bool = True, before: bool = False
+) -> dict[str, Any]:
     from quant import api
     from quant.cache.io import read_cache
     from quant.config import CalibrationOptions, DataOptions
@@ -214,6 +216,9 @@ def compare_model(directory: Path, work: Path, *, budget: float, subset: bool = 
                  "calibration_scores": {k: (v or {}).get("sqnr_db") for k, v in (record.get("scores") or {}).items()},
                  "folds": (record.get("cost") or {}).get("folds"), "scored_samples": record.get("held_out"),
                  "passes": (record.get("cost") or {}).get("passes")})
+    if before:
+        rows.append(_auto_before(model_path, data, work / f"{directory.name}.auto-before.cache", clean, name, evald,
+                                 batch, ref, classifier, budget))
     for method in ORT_METHODS:
         t = time.perf_counter()
         try:
@@ -232,6 +237,39 @@ def compare_model(directory: Path, work: Path, *, budget: float, subset: bool = 
         "classifier": classifier,
         "rows": rows,
     }
+
+
+#: auto's rule before this benchmark's measurements (docs/CALIBRATION.md): pooled SQNR decides,
+#: folds of about 6 samples, at most 4.
+BEFORE = {"SCORE_RULE": "pooled", "FOLD_SAMPLES": 6, "MAX_FOLDS": 4}
+
+
+def _auto_before(model_path: Path, data: Any, cache: Path, clean: onnx.ModelProto, name: str, evald: np.ndarray,
+                 batch: int, ref: Mapping[str, np.ndarray], classifier: str | None, budget: float) -> dict[str, Any]:
+    """The row of ``--method auto`` with :data:`BEFORE`'s rule (the module constants set for this
+    call only, then restored)."""
+    from quant import api
+    from quant.cache.io import read_cache
+    from quant.calibrators import auto
+    from quant.config import CalibrationOptions
+    from quant.graph.qdq import insert_qdq
+
+    saved = {k: getattr(auto, k) for k in BEFORE}
+    try:
+        for k, v in BEFORE.items():
+            setattr(auto, k, v)
+        t = time.perf_counter()
+        out = api.calibrate(model_path, data, cache=cache, options=CalibrationOptions(method="auto", auto_budget=budget))
+    finally:
+        for k, v in saved.items():
+            setattr(auto, k, v)
+    parts = fidelity_parts(ref, _outputs(insert_qdq(clean, read_cache(cache).amax).model, name, evald, batch), classifier)
+    s, a = pooled([parts])
+    record = out.auto or {}
+    return {"tool": "quant", "method": "auto (before)", "sqnr_db": s, "agreement": a, "parts": parts,
+            "seconds": time.perf_counter() - t, "choice": _counts(record.get("choice") or {}),
+            "best_single_held_out": record.get("best_single"),
+            "folds": (record.get("cost") or {}).get("folds")}
 
 
 def _subset_ranges(clean: onnx.ModelProto, calib: Path, batch: int) -> tuple[dict[str, dict[str, float | None]], int]:
@@ -314,7 +352,7 @@ def compare_protocol(root: Path, names: Sequence[str] | None, work: Path, *, bud
         for split in splits:
             sub = work / split
             sub.mkdir(exist_ok=True)
-            per_split.append(compare_model(root / split / model, sub, budget=budget, subset=False))
+            per_split.append(compare_model(root / split / model, sub, budget=budget, subset=False, before=True))
             print(f"  {model} {split}: " + ", ".join(
                 f"{r['tool'][:4]} {r['method']} {_db(r.get('sqnr_db'))}" for r in per_split[-1]["rows"]), flush=True)
         out.append({"model": model, "protocol": {k: v for k, v in protocol.items() if k != "splits"},
@@ -338,7 +376,7 @@ def summarize_protocol(res: Mapping[str, Any]) -> dict[str, Any]:
         sq, ag = pooled([r["parts"] for r in rows])
         table[key] = {"pooled_db": sq, "agreement": ag, "per_split": [r["sqnr_db"] for r in rows],
                       "mean_db": float(np.mean([r["sqnr_db"] for r in rows])), "rows": rows}
-    singles = [k for k in keys if k.startswith("quant ") and k != "quant auto"]
+    singles = [k for k in keys if k.startswith("quant ") and not k.startswith("quant auto")]
     peers = [k for k in keys if k.startswith("onnxruntime ")]
     best = max(singles, key=lambda k: table[k]["pooled_db"])
     best_peer = max(peers, key=lambda k: table[k]["pooled_db"]) if peers else None
@@ -353,6 +391,10 @@ def summarize_protocol(res: Mapping[str, Any]) -> dict[str, Any]:
         "per_split_diff_se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None,
         "oracle_mean_db": float(oracle.mean()),
         "auto_choices": [r.get("best_single_held_out") for r in auto["rows"]],
+        "before_choices": [r.get("best_single_held_out") for r in table["quant auto (before)"]["rows"]]
+        if "quant auto (before)" in table else None,
+        "before_minus_best_db": table["quant auto (before)"]["pooled_db"] - table[best]["pooled_db"]
+        if "quant auto (before)" in table else None,
     }
 
 
@@ -380,6 +422,8 @@ def render_protocol(results: Sequence[Mapping[str, Any]]) -> str:
                 se = summ["per_split_diff_se"]
                 note = (f"{summ['auto_minus_best_db']:+.2f} dB vs best single pooled; per split "
                         f"{summ['per_split_diff_mean']:+.2f}" + (f" +- {se:.2f} (s.e.)" if se is not None else ""))
+            if key == "quant auto (before)":
+                note = f"{summ['before_minus_best_db']:+.2f} dB vs best single pooled"
             agree = "-" if t["agreement"] is None else f"{t['agreement']:.1f}"
             tool, method = key.split(" ", 1)
             table.append([tool, method, _db(t["pooled_db"]), _db(t["mean_db"]), *(_db(x) for x in t["per_split"]),
@@ -387,6 +431,11 @@ def render_protocol(results: Sequence[Mapping[str, Any]]) -> str:
         lines.append(format_table(head, table))
         lines.append("")
         choices = ", ".join(f"{sp} {c}" for sp, c in zip(res["splits"], summ["auto_choices"], strict=True))
+        if summ["before_choices"]:
+            lines.append("")
+            lines.append("auto (before)'s choice per split: " + ", ".join(
+                f"{sp} {c}" for sp, c in zip(res["splits"], summ["before_choices"], strict=True)))
+            lines.append("")
         lines.append(f"auto's model-level choice per split: {choices}; the best single method of each split "
                      f"(chosen afterwards on its evaluation photos) averages {summ['oracle_mean_db']:.2f} dB")
         lines.append("")
@@ -407,9 +456,11 @@ def render_protocol_summary(results: Sequence[Mapping[str, Any]]) -> str:
             _db(tb["quant entropy"]["pooled_db"]),
             "-" if peer is None else f"{peer.split(' ', 1)[1]} {tb[peer]['pooled_db']:.2f}",
             "-" if summ["auto_minus_peer_db"] is None else f"{summ['auto_minus_peer_db']:+.2f}",
+            "-" if summ["before_minus_best_db"] is None else
+            f"{tb['quant auto (before)']['pooled_db']:.2f} ({summ['before_minus_best_db']:+.2f})",
         ])
     return format_table(["model", "best single method (pooled)", "auto", "auto - best", "per split, mean +- s.e.",
-                         "entropy", "best ONNX Runtime", "auto - ORT"], rows)
+                         "entropy", "best ONNX Runtime", "auto - ORT", "auto (before) (- best)"], rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,9 +69,12 @@ def test_candidate_labels_parse_back() -> None:
 
 
 def test_scoring_plan_and_folds_are_seeded_disjoint_and_bounded() -> None:
-    assert scoring_plan(16) == (16, 3)  # small sets: every sample scores, in folds of about 6
-    assert scoring_plan(19) == (16, 3)
+    # small sets: 16 samples score, in folds of about 1/8 of the set (at least 2, at most 8 folds)
+    assert scoring_plan(16) == (16, 8)
+    assert scoring_plan(19) == (16, 8)
+    assert scoring_plan(30) == (16, 4)
     assert scoring_plan(40) == (16, 3)
+    assert scoring_plan(64) == (16, 2)
     assert scoring_plan(128) == (16, 1)  # 1/8 held out once
     assert scoring_plan(300) == (32, 1)
     assert scoring_plan(10_000) == (32, 1)
@@ -280,6 +283,25 @@ def test_output_scorer_sqnr_matches_an_independent_computation() -> None:
         assert scorer.forwards == 32  # reference pass + one evaluation, 16 samples each
     assert got.sqnr_db == pytest.approx(want, abs=1e-3)
     assert got.agreement is not None and 0.0 <= got.agreement <= 100.0
+    r64, e64 = ref.reshape(16, -1).astype(np.float64), (out - ref).reshape(16, -1).astype(np.float64)
+    per_sample = 10 * np.log10(np.sum(r64**2, axis=1) / np.sum(e64**2, axis=1))
+    assert got.sample_db == pytest.approx(float(np.mean(per_sample)), abs=1e-3)
+    assert got.value == got.sample_db  # the rule: the mean of per-sample dB decides
+
+
+def test_the_mean_of_samples_decides_not_one_loud_sample() -> None:
+    # B is far better on one sample whose error energy dominates the pooled SQNR, A on the other
+    # three: pooled SQNR prefers B, the mean of per-sample dB prefers A
+    a = Score(sqnr_db=10.0, sample_db=30.0)
+    b = Score(sqnr_db=20.0, sample_db=22.0)
+    assert a.better_than(b) and not b.better_than(a)
+    scores = {"A": a, "B": b}
+    found = search({"A": {"x": 1.0}, "B": {"x": 2.0}}, ["x"], lambda amax: scores["A" if amax["x"] == 1.0 else "B"],
+                   plan=SearchPlan(2, 0, 1))
+    assert found.best_single == "A"
+    assert Score.from_dict(a.to_dict()) == a
+    assert Score.from_dict({"sqnr_db": 3.0}) == Score(sqnr_db=3.0)  # sidecars written before sample_db
+    assert Score(sqnr_db=3.0).value == 3.0
 
 
 # ---------------------------------------------------------------------------------------------
