@@ -360,9 +360,13 @@ def _folds_text(record: AutoRecord) -> str:
 def _auto_message(record: AutoRecord) -> str:
     counts = ", ".join(f"{lab} {n}" for lab, n in record.method_counts().items())
     best = record.scores[record.best_single]
+    mean = (
+        f", mean of per-sample SQNR {record.score.sample_db:.2f} dB (what decides; best single {best.sample_db:.2f})"
+        if record.score.sample_db is not None and best.sample_db is not None else ""
+    )
     return (
         f"; auto chose per tensor ({counts}): SQNR {record.score.sqnr_db:.2f} dB on {record.held_out} held-out "
-        f"samples{_folds_text(record)} (best single method {record.best_single} {best.sqnr_db:.2f} dB), "
+        f"samples{_folds_text(record)} (best single method {record.best_single} {best.sqnr_db:.2f} dB){mean}, "
         f"{record.evaluations} evaluations, {record.cost.get('passes', 0):.2f}x a forward pass over the data"
     )
 
