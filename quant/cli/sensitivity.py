@@ -27,6 +27,7 @@ Examples:
   quant sensitivity model.onnx --cache model.cache --data val.npz --metric sqnr --json
   quant sensitivity model.onnx --cache model.cache --data val/ --report report.json --top 10
   quant sensitivity model.onnx --cache model.cache --data val/ --exact
+  quant sensitivity model.onnx --cache model.cache --data val.npz --metric sqnr --ranking measured
   quant sensitivity model.onnx --cache model.cache --data val/ --shards 4 --executor ray
 """,
 )
@@ -54,6 +55,14 @@ Examples:
               "is steady (--confidence).")
 @click.option("--confidence", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.9, show_default=True,
               help="Stop reading samples (after 16) once the ranking's split-half reliability reaches this.")
+@click.option("--ranking", type=click.Choice(["auto", "first-order", "measured"]), default="auto",
+              show_default=True,
+              help="first-order: every layer's damage and gain from one FP32 and one INT8 pass and a few "
+              "gradients (PyTorch; metric sqnr); measured: every configuration run in ONNX Runtime; auto: "
+              "first-order where it applies (metric sqnr, PyTorch installed, ops supported, no --exact or "
+              "shards), else measured.")
+@click.option("--probes", type=click.IntRange(min=1), default=2, show_default=True,
+              help="First-order: random sign probes per batch for outputs with more than 16 values per sample.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @shard_options(what="layers")
 @progress_option()
@@ -77,6 +86,8 @@ def sensitivity_command(
     segments: int,
     exact: bool,
     confidence: float,
+    ranking: str,
+    probes: int,
     as_json: bool,
     shard: str | None,
     shards: int | None,
@@ -94,6 +105,12 @@ def sensitivity_command(
     Cost: (2 x layers + 2) x samples forward passes; --max-samples defaults to 128 here
     (ResNet-50 on 2 cores: about 5 s per sample). Without --exact, samples are read in rounds
     and the pass stops once the ranking's split-half reliability reaches --confidence (reported).
+
+    \b
+    With the SQNR metric (--metric sqnr, or auto on a model without a classifier output) and
+    PyTorch installed, the default (--ranking auto) is the first-order estimate instead: damage
+    and gain of every layer from one FP32 and one INT8 pass and a few backward passes, whatever
+    the number of layers (docs/SENSITIVITY.md). --exact or --ranking measured measure.
     """
     import json
     import sys
@@ -103,7 +120,7 @@ def sensitivity_command(
 
     opts = SensitivityOptions(
         metric=metric, classifier_output=classifier_output, exclude=flatten(exclude), threads=threads,
-        segments=segments, exact=exact, confidence=confidence,
+        segments=segments, exact=exact, confidence=confidence, ranking=ranking, probes=probes,
     )
     data_opts = make_data_options(
         data, max_samples=max_samples, seed=seed, batch_size=batch_size,

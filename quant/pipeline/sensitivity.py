@@ -60,8 +60,7 @@ def sensitivity(
     ``shard`` (``"K/N"``): measure only that contiguous 1/N of the layers, on all the samples
     (sensitivity shards by layers; :func:`quant.report.merge.merge_sensitivity` merges them).
     """
-    from quant.sensitivity import DEFAULT_MAX_SAMPLES, SensitivityOptions, build_switchable_model
-    from quant.sensitivity.measure import SwitchableRunner, measure_sensitivity
+    from quant.sensitivity import DEFAULT_MAX_SAMPLES, SensitivityOptions
 
     opts: SensitivityOptions = options or SensitivityOptions()
     prepared = with_node_names(prepared or prepare_model(model))
@@ -75,32 +74,12 @@ def sensitivity(
             f"--metric accuracy needs labelled data and '{data.path}' has no labels (class subfolders or an "
             "npz 'labels' key); use --metric agreement"
         )
-    switchable = build_switchable_model(prepared.clean, loaded.amax, exclude=opts.exclude)
-    chosen = None
-    shard_info = None
-    if shard is not None:
-        from quant.datasets.shard import Shard
-
-        part = Shard.parse(shard)
-        first, last = part.batch_bounds(switchable.num_layers)
-        chosen = list(range(first, last))
-        shard_info = {"kind": "layers", **part.to_dict(), "start": first, "stop": last,
-                      "total_layers": switchable.num_layers}
     batch_size = effective_batch_size(prepared.inputs, data.batch_size)
-    with SwitchableRunner(switchable, threads=opts.threads, segments=opts.segments) as runner:
-        result = measure_sensitivity(
-            runner,
-            dataset,
-            batch_size=batch_size,
-            metric=opts.metric,
-            classifier_output=opts.classifier_output,
-            progress=progress,
-            layers=chosen,
-            # Layer shards must measure the same samples: they sample all of them.
-            confidence=None if opts.exact or shard is not None else opts.confidence,
-            round_samples=opts.round_samples,
-            min_samples=opts.min_samples,
-        )
+    result, shard_info = None, None
+    if _first_order(opts, shard):
+        result = _estimate(prepared, loaded.amax, opts, dataset, batch_size, progress)
+    if result is None:
+        result, shard_info = _measure(prepared, loaded.amax, opts, dataset, batch_size, progress, shard)
     summary = dataset.summary().to_dict()
     summary["fingerprint"] = dataset.fingerprint()
     section = {"cache": str(cache), "data": summary, **result.to_dict()}
@@ -119,6 +98,79 @@ def sensitivity(
     elif report is not None:
         report_path = _save_sensitivity_report(report, prepared, summary, section, command)
     return SensitivityOutcome(result=result, section=section, report_path=report_path, warnings=tuple(warnings))
+
+
+def _first_order(opts: Any, shard: str | None) -> bool:
+    """Whether to try the first-order estimate: ``--ranking first-order``, or ``auto`` without
+    ``--exact`` and without layer shards (a shard measures its layers; the estimate has all of
+    them at once, so sharding it by layers would save nothing)."""
+    if opts.ranking == "first-order":
+        if opts.exact or shard is not None:
+            from quant.errors import UsageError
+
+            raise UsageError("--ranking first-order cannot be combined with --exact or --shard/--shards "
+                             "(both measure); drop one")
+        return True
+    # The estimate ranks by SQNR: a classification metric asked for by name is measured.
+    return opts.ranking == "auto" and not opts.exact and shard is None and opts.metric in ("auto", "sqnr")
+
+
+def _estimate(prepared: PreparedModel, amax: Any, opts: Any, dataset: Any, batch_size: int, progress: bool) -> Any:
+    """The first-order estimate, or None (``--ranking auto``) when it does not apply here."""
+    from quant.sensitivity.estimate import EstimateUnavailable, estimate_sensitivity
+    from quant.sensitivity.switchable import plan_layers
+
+    try:
+        return estimate_sensitivity(
+            plan_layers(prepared.clean, amax, exclude=opts.exclude),
+            dataset,
+            batch_size=batch_size,
+            metric=opts.metric,
+            classifier_output=opts.classifier_output,
+            probes=opts.probes,
+            threads=opts.threads,
+            progress=progress,
+        )
+    except EstimateUnavailable as exc:
+        if opts.ranking == "first-order":
+            raise
+        log.info("sensitivity: %s; measuring instead", exc)
+        return None
+
+
+def _measure(
+    prepared: PreparedModel, amax: Any, opts: Any, dataset: Any, batch_size: int, progress: bool, shard: str | None
+) -> tuple[Any, dict[str, Any] | None]:
+    """The ONNX Runtime measurement (all layers, or a layer shard) and the shard's record."""
+    from quant.sensitivity import build_switchable_model
+    from quant.sensitivity.measure import SwitchableRunner, measure_sensitivity
+
+    switchable = build_switchable_model(prepared.clean, amax, exclude=opts.exclude)
+    chosen = None
+    shard_info = None
+    if shard is not None:
+        from quant.datasets.shard import Shard
+
+        part = Shard.parse(shard)
+        first, last = part.batch_bounds(switchable.num_layers)
+        chosen = list(range(first, last))
+        shard_info = {"kind": "layers", **part.to_dict(), "start": first, "stop": last,
+                      "total_layers": switchable.num_layers}
+    with SwitchableRunner(switchable, threads=opts.threads, segments=opts.segments) as runner:
+        result = measure_sensitivity(
+            runner,
+            dataset,
+            batch_size=batch_size,
+            metric=opts.metric,
+            classifier_output=opts.classifier_output,
+            progress=progress,
+            layers=chosen,
+            # Layer shards must measure the same samples: they sample all of them.
+            confidence=None if opts.exact or shard is not None else opts.confidence,
+            round_samples=opts.round_samples,
+            min_samples=opts.min_samples,
+        )
+    return result, shard_info
 
 
 def _save_sensitivity_report(

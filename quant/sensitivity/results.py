@@ -73,6 +73,8 @@ __all__ = [
 METRICS = ("auto", "accuracy", "agreement", "sqnr")
 #: Noise ratios are capped here in sums, so that scores stay finite (JSON has no infinity).
 NOISE_CAP = 1e12
+#: How ``quant sensitivity`` ranks (SensitivityOptions.ranking).
+RANKINGS = ("auto", "first-order", "measured")
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -95,8 +97,17 @@ class SensitivityOptions:
     confidence: float = 0.9
     round_samples: int = 4
     min_samples: int = 16
+    #: auto: the first-order estimate (quant.sensitivity.estimate) where it applies (metric sqnr,
+    #: PyTorch installed, every op supported, no --exact, no layer shards), else the measurement;
+    #: first-order: the estimate or an error; measured: the ONNX Runtime measurement.
+    ranking: str = "auto"
+    probes: int = 2
 
     def __post_init__(self) -> None:
+        if self.ranking not in RANKINGS:
+            raise UsageError(f"--ranking must be one of {', '.join(RANKINGS)}, got {self.ranking!r}")
+        if self.probes < 1:
+            raise UsageError(f"--probes must be at least 1, got {self.probes}")
         if not 0.0 < self.confidence <= 1.0:
             raise UsageError(f"--confidence must be in (0, 1], got {self.confidence}")
         if self.round_samples < 1:
@@ -119,6 +130,8 @@ class SensitivityOptions:
             "confidence": self.confidence,
             "round_samples": self.round_samples,
             "min_samples": self.min_samples,
+            "ranking": self.ranking,
+            "probes": self.probes,
         }
 
 
@@ -484,6 +497,8 @@ class SensitivityResult:
     sampling: str = "all"
     samples_available: int | None = None
     confidence: float | None = None
+    #: How a first-order estimate was made (quant.sensitivity.estimate); None when measured.
+    estimate: Mapping[str, Any] | None = None
 
     @property
     def ranking(self) -> tuple[str, ...]:
@@ -514,6 +529,7 @@ class SensitivityResult:
             "sampling": self.sampling,
             "samples_available": self.samples_available,
             "confidence": finite_or_none(self.confidence),
+            "estimate": None if self.estimate is None else dict(self.estimate),
         }
 
     @classmethod
@@ -550,6 +566,7 @@ class SensitivityResult:
             if "samples_available" in d
             else None,
             confidence=get_float(d, "confidence", where, nullable=True) if "confidence" in d else None,
+            estimate=dict(get_mapping(d, "estimate", where)) if d.get("estimate") is not None else None,
         )
 
 
@@ -586,6 +603,17 @@ def render_sensitivity(result: SensitivityResult, *, top: int | None = None) -> 
         lines.append(f"... and {len(result.layers) - top} more layers")
     lines.append("")
     lines.append(f"damage / gain in {unit}; ranked by damage + gain, ties by SQNR")
+    if result.estimate is not None:
+        est = result.estimate
+        exact = list(est.get("exact_outputs") or [])
+        lines.append(
+            f"ranking: first-order estimate (INT8 alone / float alone are estimated; FP32 and all INT8 are run): "
+            f"2 forward + {est.get('backward_passes')} backward passes over {result.num_samples} samples "
+            f"in {result.seconds:.1f} s; "
+            + (f"exact damage on {', '.join(exact)}" if exact else f"{est.get('probes')} sign probes per batch")
+        )
+        lines.append("  (--ranking measured or --exact measures every configuration in ONNX Runtime)")
+        return "\n".join(lines)
     lines.append(
         f"cost: {result.configurations} configurations x {result.num_samples} samples = "
         f"{result.forward_passes} forward passes in {result.seconds:.1f} s"

@@ -179,15 +179,24 @@ def _layer_pattern(name: str, own: Sequence[NodePlan], all_nodes: Sequence[tuple
     return pattern if hits == len(own) else None
 
 
-def build_switchable_model(
-    model: onnx.ModelProto, amax: Mapping[str, float | None], *, exclude: Iterable[str] = ()
-) -> SwitchableModel:
-    """The switchable form of ``insert_qdq(model, amax, target="tensorrt", exclude=exclude)``.
+@dataclass(frozen=True)
+class LayerPlan:
+    """The layers of ``insert_qdq(model, amax, exclude=exclude)``: the model at a Q/DQ opset
+    (``converted``, whose node indices the plan uses), the Q/DQ plan, the layers (plan nodes
+    grouped by node name, in graph order) and each plan node's layer index."""
 
-    ``model`` should be cleaned (:func:`quant.graph.cleanup.cleanup`) and its nodes named
-    (:func:`name_unnamed_nodes`); ``exclude`` layers stay float in every configuration. Layers
-    with the same node name share one flag. ModelError when no layer can be quantized.
-    """
+    converted: onnx.ModelProto = field(repr=False, compare=False)
+    plan: QdqPlan = field(repr=False, compare=False)
+    layers: tuple[Layer, ...]
+    layer_of: Mapping[int, int]  # plan node's graph index -> layer index
+    base_exclude: tuple[str, ...] = ()
+
+
+def plan_layers(
+    model: onnx.ModelProto, amax: Mapping[str, float | None], *, exclude: Iterable[str] = ()
+) -> LayerPlan:
+    """The layers the switchable model (and the first-order estimate) switch; see
+    :func:`build_switchable_model`. ModelError when no layer can be quantized."""
     base_exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)
     converted = _ensure_opset(model)
     plan = plan_qdq(converted, amax, exclude=base_exclude)
@@ -197,13 +206,7 @@ def build_switchable_model(
             f"model '{label}': no layer would be quantized with this cache and these exclusions "
             f"({len(plan.skipped)} tensors skipped); check that the cache belongs to the model"
         )
-
-    out = copy_model(converted)
-    g = out.graph
-    names = NameAllocator(all_names(out))
-    inits = {t.name: t for t in g.initializer}
-
-    # Layers: plan nodes grouped by name, in graph order.
+    g = converted.graph
     groups: dict[str, list[NodePlan]] = {}
     for np_ in plan.nodes:
         groups.setdefault(g.node[np_.index].name or np_.name, []).append(np_)
@@ -222,6 +225,24 @@ def build_switchable_model(
             len(ambiguous),
             ambiguous[0],
         )
+    return LayerPlan(converted, plan, tuple(layers), layer_of, base_exclude)
+
+
+def build_switchable_model(
+    model: onnx.ModelProto, amax: Mapping[str, float | None], *, exclude: Iterable[str] = ()
+) -> SwitchableModel:
+    """The switchable form of ``insert_qdq(model, amax, target="tensorrt", exclude=exclude)``.
+
+    ``model`` should be cleaned (:func:`quant.graph.cleanup.cleanup`) and its nodes named
+    (:func:`name_unnamed_nodes`); ``exclude`` layers stay float in every configuration. Layers
+    with the same node name share one flag. ModelError when no layer can be quantized.
+    """
+    lp = plan_layers(model, amax, exclude=exclude)
+    plan, layers, layer_of, base_exclude = lp.plan, list(lp.layers), lp.layer_of, lp.base_exclude
+    out = copy_model(lp.converted)
+    g = out.graph
+    names = NameAllocator(all_names(out))
+    inits = {t.name: t for t in g.initializer}
 
     flags_input = names(FLAGS_INPUT)
     g.input.append(helper.make_tensor_value_info(flags_input, TensorProto.BOOL, [len(layers)]))
