@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,11 +72,15 @@ MIN_GAIN_DB = 0.01
 ALTERNATIVES = 2
 #: Calibration samples --method auto needs.
 MIN_SAMPLES = 16
-#: What decides between configurations: "samples", the mean over the scored samples of each
-#: sample's SQNR in dB (:attr:`Score.sample_db`), or "pooled", the SQNR of all of them together
-#: (the rule before the measurements in docs/CALIBRATION.md; scripts/bench_methods.py sets it to
-#: compare the two). Recorded in the sidecar as the auto parameter ``metric``.
-SCORE_RULE = "samples"
+#: What decides between configurations: "pooled", the SQNR of all scored samples together (what
+#: an evaluation set reports; the only rule before the measurements in docs/CALIBRATION.md),
+#: "samples", the mean over the scored samples of each sample's SQNR in dB
+#: (:attr:`Score.sample_db`), or "adaptive" (the default): whichever of the two, judged on the
+#: model-level round's own per-sample scores by :func:`choose_rule`, carries over better from one
+#: half of the scored samples to the other. scripts/bench_methods.py sets it to compare rules.
+SCORE_RULE = "adaptive"
+#: Seeded random halvings :func:`choose_rule` judges the rules on.
+RULE_HALVINGS = 200
 #: A per-sample SQNR is clipped to +-this (dB), so that one exact or all-zero sample does not
 #: make the mean infinite.
 SAMPLE_DB_CLIP = 300.0
@@ -172,20 +176,24 @@ class Score:
     pooled over the samples, the mean over samples of each sample's weakest-output SQNR (dB,
     ``sample_db``), and top-1 agreement with FP32 (%) where an output holds class scores.
 
-    ``value`` decides (:data:`SCORE_RULE`): ``sample_db`` where it was measured. The pooled SQNR
-    is what an evaluation set reports, but on the 16-32 samples auto scores it is set by the one
-    or two samples with the largest error energy; the mean of per-sample dB weighs every sample
-    alike and, on calibration data split in halves, chose the candidate that did best on the
-    other half more often (docs/CALIBRATION.md)."""
+    ``value`` decides: ``sqnr_db`` or ``sample_db`` by ``rule`` (:func:`choose_rule`). The pooled
+    SQNR is what an evaluation set reports, but on the 16-32 samples auto scores it is set by the
+    one or two samples with the largest error energy; the mean of per-sample dB weighs every
+    sample alike, and is meaningless where a sample's reference output is nearly all zeros (a
+    text detector's map of a photo without text). Which one carries over better is measured per
+    model (docs/CALIBRATION.md)."""
 
     sqnr_db: float
     agreement: float | None = None
     sample_db: float | None = None
+    rule: str = "pooled"  # which figure is `value`: "pooled" (sqnr_db) or "samples" (sample_db)
+    #: per scored sample (rows) and output (columns): sum(ref^2) and sum(err^2), for choose_rule
+    parts: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
     @property
     def value(self) -> float:
         """The number the search maximises."""
-        if SCORE_RULE == "samples" and self.sample_db is not None:
+        if self.rule == "samples" and self.sample_db is not None:
             return self.sample_db
         return self.sqnr_db
 
@@ -194,7 +202,7 @@ class Score:
 
     def to_dict(self) -> dict[str, Any]:
         return {"sqnr_db": _finite(self.sqnr_db), "agreement": self.agreement,
-                "sample_db": None if self.sample_db is None else _finite(self.sample_db)}
+                "sample_db": None if self.sample_db is None else _finite(self.sample_db), "rule": self.rule}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Score:
@@ -206,6 +214,7 @@ class Score:
                 sqnr_db=math.inf if sqnr is None else float(sqnr),
                 agreement=None if agreement is None else float(agreement),
                 sample_db=None if sample is None else float(sample),
+                rule=str(data.get("rule", "pooled")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheError(f"auto calibration score is malformed ({exc}); recalibrate with --method auto") from exc
@@ -271,6 +280,7 @@ class SearchResult:
     evaluations: int
     plan: SearchPlan
     steps: tuple[dict[str, Any], ...] = ()
+    rule: dict[str, Any] = field(default_factory=dict)
 
 
 def search(
@@ -280,6 +290,7 @@ def search(
     *,
     plan: SearchPlan,
     min_gain: float = MIN_GAIN_DB,
+    seed: int = 0,
 ) -> SearchResult:
     """Greedy per-tensor search over ``table`` (label -> tensor -> amax, or a tuple of amax, one per
     scoring fold; labels in tie-break order) for the quantized ``tensors`` (graph order);
@@ -295,15 +306,22 @@ def search(
 
     evaluations = 0
 
+    rule = "pooled"
+
     def measure(choice: Mapping[str, str]) -> Score:
         nonlocal evaluations
         evaluations += 1
-        return score_fn(assignment(choice))
+        return replace(score_fn(assignment(choice)), rule=rule, parts=None) if rule != "pooled" else score_fn(
+            assignment(choice))
 
     scores: dict[str, Score] = {}
     for lab in labels:
         scores[lab] = measure({t: lab for t in tensors})
         log.info("auto: %-18s %s", lab, _describe(scores[lab]))
+    rule, regret = choose_rule(scores, seed=seed)
+    scores = {lab: replace(sc, rule=rule, parts=None) for lab, sc in scores.items()}
+    if regret:
+        log.info("auto: rule %s (halving regret %s)", rule, ", ".join(f"{k} {v:.2f} dB" for k, v in regret.items()))
     # the best single candidate; ties keep the earlier label (max returns the first maximum)
     best_single = max(labels, key=lambda lab: scores[lab].value)
     choice = {t: best_single for t in tensors}
@@ -339,11 +357,54 @@ def search(
         choice=choice,
         scores=scores,
         best_single=best_single,
-        score=current,
+        score=replace(current, parts=None),
         evaluations=evaluations,
         plan=plan,
         steps=tuple(steps),
+        rule={"rule": rule, "halving_regret_db": regret, "halvings": RULE_HALVINGS if regret else 0},
     )
+
+
+def _pooled_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    sig, err = signal.sum(axis=0), noise.sum(axis=0)
+    return min(_sqnr(float(a), float(b)) for a, b in zip(sig, err, strict=True))
+
+
+def _mean_sample_db(signal: np.ndarray, noise: np.ndarray) -> float:
+    per = [min(_sqnr(float(a), float(b)) for a, b in zip(sr, er, strict=True)) for sr, er in zip(signal, noise, strict=True)]
+    return float(np.mean(np.clip(per, -SAMPLE_DB_CLIP, SAMPLE_DB_CLIP)))
+
+
+def choose_rule(scores: Mapping[str, Score], *, seed: int = 0) -> tuple[str, dict[str, float]]:
+    """(rule, mean regret per rule in dB): which figure should decide between configurations.
+
+    With :data:`SCORE_RULE` "adaptive" and per-sample figures for every candidate: over
+    :data:`RULE_HALVINGS` seeded random halvings of the scored samples, each rule picks a
+    candidate on one half; its regret is the other half's best pooled SQNR minus its pick's. The
+    rule of the smaller mean regret wins; a tie goes to "pooled" (the figure evaluation sets
+    report). Uses only the model-level round's measurements: no extra forward pass."""
+    if SCORE_RULE in ("pooled", "samples"):
+        return SCORE_RULE, {}
+    parts = [sc.parts for sc in scores.values()]
+    if any(p is None for p in parts) or len(scores) < 2:
+        return "pooled", {}
+    m = int(parts[0][0].shape[0])  # type: ignore[index]
+    if m < 4:
+        return "pooled", {}
+    labels = list(scores)
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x2A1E])
+    rules = {"pooled": _pooled_db, "samples": _mean_sample_db}
+    regret = dict.fromkeys(rules, 0.0)
+    for _ in range(RULE_HALVINGS):
+        order = rng.permutation(m)
+        a, b = order[: m // 2], order[m // 2 :]
+        other = {lab: _pooled_db(scores[lab].parts[0][b], scores[lab].parts[1][b]) for lab in labels}  # type: ignore[index]
+        best = max(other.values())
+        for name, fn in rules.items():
+            pick = max(labels, key=lambda lab: fn(scores[lab].parts[0][a], scores[lab].parts[1][a]))  # type: ignore[index]  # noqa: B023
+            regret[name] += best - other[pick]
+    regret = {k: v / RULE_HALVINGS for k, v in regret.items()}
+    return ("samples" if regret["samples"] < regret["pooled"] - 1e-9 else "pooled"), regret
 
 
 def _describe(s: Score) -> str:
@@ -384,6 +445,7 @@ class AutoRecord:
     scoring_data: str = "held-out"  # "held-out" split of --data, or "separate" data (--from-stats)
     seconds: float | None = None
     cost: dict[str, Any] = field(default_factory=dict)
+    rule: dict[str, Any] = field(default_factory=dict)  # choose_rule: the rule and each rule's regret
 
     @classmethod
     def from_search(
@@ -408,6 +470,7 @@ class AutoRecord:
             scoring_data=scoring_data,
             seconds=round(seconds, 3),
             cost=cost,
+            rule=dict(found.rule),
         )
 
     def method_counts(self) -> dict[str, int]:
@@ -434,6 +497,7 @@ class AutoRecord:
             "scoring_data": self.scoring_data,
             "seconds": self.seconds,
             "cost": dict(self.cost),
+            "rule": dict(self.rule),
         }
 
     @classmethod
@@ -457,6 +521,7 @@ class AutoRecord:
                 scoring_data=str(data.get("scoring_data", "held-out")),
                 seconds=None if data.get("seconds") is None else float(data["seconds"]),
                 cost=dict(data.get("cost") or {}),
+                rule=dict(data.get("rule") or {}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CacheError(
@@ -738,10 +803,8 @@ class OutputScorer:
         signal, noise, agree = self.per_sample(amax)
         sig, err = signal.sum(axis=0), noise.sum(axis=0)
         sqnr = min(_sqnr(float(sig[j]), float(err[j])) for j in range(len(self.outputs)))
-        per = [min(_sqnr(float(a), float(b)) for a, b in zip(sr, er, strict=True)) for sr, er in zip(signal, noise, strict=True)]
-        sample_db = float(np.mean(np.clip(per, -SAMPLE_DB_CLIP, SAMPLE_DB_CLIP)))
         return Score(sqnr_db=sqnr, agreement=None if agree is None else 100.0 * float(np.mean(agree)),
-                     sample_db=sample_db)
+                     sample_db=_mean_sample_db(signal, noise), parts=(signal, noise))
 
 
 def _sqnr(signal: float, noise: float) -> float:
@@ -804,7 +867,7 @@ def score_and_search(
             budget=budget,
         )
         searched = [t for t in scorer.quantized if all(all(x is not None for x in table[lab][t]) for lab in table)]
-        found = search(table, searched, scorer, plan=plan)
+        found = search(table, searched, scorer, plan=plan, seed=seed)
         forwards = scorer.forwards
         held = scorer.samples
     return AutoRecord.from_search(
@@ -888,7 +951,8 @@ def auto_params(*, num_bins: int, budget: float, seed: int, candidates: Sequence
 
 
 def _metric() -> str:
-    return "sqnr, mean of samples" if SCORE_RULE == "samples" else "sqnr"
+    return {"samples": "sqnr, mean of samples", "adaptive": "sqnr, pooled or mean of samples by halving regret"}.get(
+        SCORE_RULE, "sqnr")
 
 
 __all__ = [
@@ -906,6 +970,7 @@ __all__ = [
     "auto_params",
     "candidate_ranges",
     "choose_amax",
+    "choose_rule",
     "collect_feeds",
     "held_out_count",
     "scoring_plan",

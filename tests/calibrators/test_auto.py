@@ -20,6 +20,7 @@ from quant.calibrators.auto import (
     SearchPlan,
     SubsetDataset,
     candidate_ranges,
+    choose_rule,
     held_out_count,
     plan_search,
     scale_input_model,
@@ -286,22 +287,45 @@ def test_output_scorer_sqnr_matches_an_independent_computation() -> None:
     r64, e64 = ref.reshape(16, -1).astype(np.float64), (out - ref).reshape(16, -1).astype(np.float64)
     per_sample = 10 * np.log10(np.sum(r64**2, axis=1) / np.sum(e64**2, axis=1))
     assert got.sample_db == pytest.approx(float(np.mean(per_sample)), abs=1e-3)
-    assert got.value == got.sample_db  # the rule: the mean of per-sample dB decides
+    assert got.rule == "pooled" and got.value == got.sqnr_db  # search() sets the rule after the first round
+    assert got.parts is not None and got.parts[0].shape == (16, 1)
 
 
-def test_the_mean_of_samples_decides_not_one_loud_sample() -> None:
-    # B is far better on one sample whose error energy dominates the pooled SQNR, A on the other
-    # three: pooled SQNR prefers B, the mean of per-sample dB prefers A
-    a = Score(sqnr_db=10.0, sample_db=30.0)
-    b = Score(sqnr_db=20.0, sample_db=22.0)
-    assert a.better_than(b) and not b.better_than(a)
-    scores = {"A": a, "B": b}
-    found = search({"A": {"x": 1.0}, "B": {"x": 2.0}}, ["x"], lambda amax: scores["A" if amax["x"] == 1.0 else "B"],
-                   plan=SearchPlan(2, 0, 1))
-    assert found.best_single == "A"
+def _parts(signal: list[float], noise: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array(signal)[:, None], np.array(noise)[:, None]
+
+
+def test_choose_rule_takes_the_rule_that_carries_over_between_halves() -> None:
+    # one loud sample: A is far better on 15 of 16 samples, B pooled (A's 16th dominates the noise)
+    loud = {"A": Score(0.0, parts=_parts([1.0] * 16, [0.01] * 15 + [1.0])),
+            "B": Score(0.0, parts=_parts([1.0] * 16, [0.05] * 16))}
+    rule, regret = choose_rule(loud, seed=0)
+    assert rule == "samples" and regret["samples"] < regret["pooled"]
+    assert choose_rule(loud, seed=0) == (rule, regret)  # seeded
+    # samples without signal (a detector's empty map): their per-sample dB says nothing, pooled wins
+    empty = {"A": Score(0.0, parts=_parts([1e-6] * 8 + [1.0] * 8, [1e-8] * 8 + [0.1] * 8)),
+             "B": Score(0.0, parts=_parts([1e-6] * 8 + [1.0] * 8, [1e-4] * 8 + [0.01] * 8))}
+    rule, regret = choose_rule(empty, seed=0)
+    assert rule == "pooled" and regret["pooled"] < regret["samples"]
+    assert choose_rule({"A": Score(1.0), "B": Score(2.0)}) == ("pooled", {})  # no per-sample figures
+
+
+def test_search_decides_by_the_chosen_rule_and_records_it() -> None:
+    parts = {"A": _parts([1.0] * 16, [0.01] * 15 + [1.0]), "B": _parts([1.0] * 16, [0.05] * 16)}
+
+    def score(amax: Mapping[str, float]) -> Score:
+        sig, err = parts["A" if amax["x"] == 1.0 else "B"]
+        return Score(sqnr_db=10 * math.log10(sig.sum() / err.sum()), sample_db=float(np.mean(10 * np.log10(sig / err))),
+                     parts=(sig, err))
+
+    found = search({"A": {"x": 1.0}, "B": {"x": 2.0}}, ["x"], score, plan=SearchPlan(2, 0, 1))
+    assert found.scores["B"].sqnr_db > found.scores["A"].sqnr_db  # pooled would take B
+    assert found.rule["rule"] == "samples" and found.best_single == "A"
+    assert all(sc.rule == "samples" and sc.parts is None for sc in found.scores.values())
+    a = found.scores["A"]
     assert Score.from_dict(a.to_dict()) == a
     assert Score.from_dict({"sqnr_db": 3.0}) == Score(sqnr_db=3.0)  # sidecars written before sample_db
-    assert Score(sqnr_db=3.0).value == 3.0
+    assert Score(sqnr_db=3.0, sample_db=9.0).value == 3.0 and Score(3.0, sample_db=9.0, rule="samples").value == 9.0
 
 
 # ---------------------------------------------------------------------------------------------
