@@ -12,7 +12,9 @@ candidates, while SQNR is continuous and paired (every candidate sees the same s
 
 The search (:func:`search`), bounded by a number of evaluations fixed before it starts:
 
-1. score each candidate for every tensor at once (model level); the best is the starting point;
+1. score each candidate for every tensor at once (model level); choose the figure that decides
+   (pooled SQNR or the mean of per-sample dB, :func:`choose_rule`, from these same scores); the
+   best candidate by it is the starting point;
 2. cut the quantized tensors, in graph (topological) order, into ``groups`` runs of consecutive
    tensors; for each run, in order, try the runner-up candidates (by model-level score) on that
    run only and keep the best if it beats the current score by more than ``min_gain`` dB.
