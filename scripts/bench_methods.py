@@ -158,7 +158,10 @@ def _ort_static(model_path: Path, calib: np.ndarray, name: str, method: str, out
         weight_type=QuantType.QInt8,
         per_channel=True,
         calibrate_method=getattr(CalibrationMethod, method),
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        # CalibMaxIntermediateOutputs: ORT keeps every intermediate output of every calibration
+        # sample otherwise (about 15 GB for ppocr_det's 18 images at 512x512, beyond this 24 GiB
+        # machine shared with other jobs); with it, ORT reduces them every 4 samples
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": 4},
     )
     return out
 
@@ -217,8 +220,9 @@ def compare_model(
                  "folds": (record.get("cost") or {}).get("folds"), "scored_samples": record.get("held_out"),
                  "passes": (record.get("cost") or {}).get("passes")})
     if before:
-        rows.append(_auto_before(model_path, data, work / f"{directory.name}.auto-before.cache", clean, name, evald,
-                                 batch, ref, classifier, budget))
+        for i, (label, consts) in enumerate(VARIANTS.items()):
+            rows.append(_auto_before(model_path, data, work / f"{directory.name}.auto-v{i}.cache", clean, name, evald,
+                                     batch, ref, classifier, budget, label=label, consts=consts))
     for method in ORT_METHODS:
         t = time.perf_counter()
         try:
@@ -242,21 +246,25 @@ def compare_model(
 #: auto's rule before this benchmark's measurements (docs/CALIBRATION.md): pooled SQNR decides,
 #: folds of about 6 samples, at most 4.
 BEFORE = {"SCORE_RULE": "pooled", "FOLD_SAMPLES": 6, "MAX_FOLDS": 4}
+#: the two changes apart: today's rule choice with the former folds
+VARIANTS: dict[str, dict[str, Any]] = {"auto (before)": BEFORE,
+                                       "auto (3 folds)": {"FOLD_SAMPLES": 6, "MAX_FOLDS": 4}}
 
 
 def _auto_before(model_path: Path, data: Any, cache: Path, clean: onnx.ModelProto, name: str, evald: np.ndarray,
-                 batch: int, ref: Mapping[str, np.ndarray], classifier: str | None, budget: float) -> dict[str, Any]:
-    """The row of ``--method auto`` with :data:`BEFORE`'s rule (the module constants set for this
-    call only, then restored)."""
+                 batch: int, ref: Mapping[str, np.ndarray], classifier: str | None, budget: float, *,
+                 label: str = "auto (before)", consts: Mapping[str, Any] = BEFORE) -> dict[str, Any]:
+    """The row of ``--method auto`` with the module constants ``consts`` (:data:`VARIANTS`; set
+    for this call only, then restored)."""
     from quant import api
     from quant.cache.io import read_cache
     from quant.calibrators import auto
     from quant.config import CalibrationOptions
     from quant.graph.qdq import insert_qdq
 
-    saved = {k: getattr(auto, k) for k in BEFORE}
+    saved = {k: getattr(auto, k) for k in consts}
     try:
-        for k, v in BEFORE.items():
+        for k, v in consts.items():
             setattr(auto, k, v)
         t = time.perf_counter()
         out = api.calibrate(model_path, data, cache=cache, options=CalibrationOptions(method="auto", auto_budget=budget))
@@ -266,7 +274,7 @@ def _auto_before(model_path: Path, data: Any, cache: Path, clean: onnx.ModelProt
     parts = fidelity_parts(ref, _outputs(insert_qdq(clean, read_cache(cache).amax).model, name, evald, batch), classifier)
     s, a = pooled([parts])
     record = out.auto or {}
-    return {"tool": "quant", "method": "auto (before)", "sqnr_db": s, "agreement": a, "parts": parts,
+    return {"tool": "quant", "method": label, "sqnr_db": s, "agreement": a, "parts": parts,
             "seconds": time.perf_counter() - t, "choice": _counts(record.get("choice") or {}),
             "best_single_held_out": record.get("best_single"),
             "folds": (record.get("cost") or {}).get("folds")}
@@ -340,7 +348,9 @@ def render_compare(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare_protocol(root: Path, names: Sequence[str] | None, work: Path, *, budget: float) -> list[dict[str, Any]]:
+def compare_protocol(
+    root: Path, names: Sequence[str] | None, work: Path, *, budget: float, save: Path | None = None
+) -> list[dict[str, Any]]:
     """Every split of ``root/protocol.json`` (K-fold splits of the photos, ``real_models.py
     prepare --folds``): per model, the rows of :func:`compare_model` for each split."""
     protocol = json.loads((root / "protocol.json").read_text())
@@ -358,6 +368,8 @@ def compare_protocol(root: Path, names: Sequence[str] | None, work: Path, *, bud
         out.append({"model": model, "protocol": {k: v for k, v in protocol.items() if k != "splits"},
                     "splits": splits, "results": per_split})
         print(render_protocol(out[-1:]), flush=True)
+        if save is not None:  # after every model, so that a run cut short keeps what it measured
+            save.write_text(json.dumps({"protocol": True, "results": out}, indent=1, default=str))
     return out
 
 
@@ -422,8 +434,8 @@ def render_protocol(results: Sequence[Mapping[str, Any]]) -> str:
                 se = summ["per_split_diff_se"]
                 note = (f"{summ['auto_minus_best_db']:+.2f} dB vs best single pooled; per split "
                         f"{summ['per_split_diff_mean']:+.2f}" + (f" +- {se:.2f} (s.e.)" if se is not None else ""))
-            if key == "quant auto (before)":
-                note = f"{summ['before_minus_best_db']:+.2f} dB vs best single pooled"
+            if key.startswith("quant auto (") and key != "quant auto":
+                note = f"{t['pooled_db'] - summ['table'][summ['best']]['pooled_db']:+.2f} dB vs best single pooled"
             agree = "-" if t["agreement"] is None else f"{t['agreement']:.1f}"
             tool, method = key.split(" ", 1)
             table.append([tool, method, _db(t["pooled_db"]), _db(t["mean_db"]), *(_db(x) for x in t["per_split"]),
@@ -456,11 +468,12 @@ def render_protocol_summary(results: Sequence[Mapping[str, Any]]) -> str:
             _db(tb["quant entropy"]["pooled_db"]),
             "-" if peer is None else f"{peer.split(' ', 1)[1]} {tb[peer]['pooled_db']:.2f}",
             "-" if summ["auto_minus_peer_db"] is None else f"{summ['auto_minus_peer_db']:+.2f}",
-            "-" if summ["before_minus_best_db"] is None else
-            f"{tb['quant auto (before)']['pooled_db']:.2f} ({summ['before_minus_best_db']:+.2f})",
+            *(("-" if f"quant {v}" not in tb else
+               f"{tb[f'quant {v}']['pooled_db']:.2f} ({tb[f'quant {v}']['pooled_db'] - tb[summ['best']]['pooled_db']:+.2f})")
+              for v in VARIANTS),
         ])
     return format_table(["model", "best single method (pooled)", "auto", "auto - best", "per split, mean +- s.e.",
-                         "entropy", "best ONNX Runtime", "auto - ORT", "auto (before) (- best)"], rows)
+                         "entropy", "best ONNX Runtime", "auto - ORT", *(f"{v} (- best)" for v in VARIANTS)], rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -661,7 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         if args.command == "compare" and (args.real / "protocol.json").exists():
             names = args.models.split(",") if args.models else None
-            results = compare_protocol(args.real, names, work, budget=args.budget)
+            results = compare_protocol(args.real, names, work, budget=args.budget, save=args.json)
             print(render_protocol_summary(results))
             payload: Any = {"cpu": cpu, "protocol": True, "results": results}
         elif args.command == "rules":
