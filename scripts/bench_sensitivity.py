@@ -62,7 +62,8 @@ def _forward(model: Path, data: Path, batch: int, reps: int = 3) -> float:
     return float(np.median(times))
 
 
-MODES = {"exact": ["--exact"], "measured": ["--ranking", "measured"], "default": []}
+MODES = {"exact": ["--exact"], "measured": ["--ranking", "measured"], "default": [],
+         "probes1": ["--probes", "1"], "no-gains": ["--no-gains"], "no-gains-probes1": ["--no-gains", "--probes", "1"]}
 
 
 def bench_cost(work: Path, samples: int, modes: tuple[str, ...] = tuple(MODES)) -> dict[str, Any]:
@@ -94,8 +95,10 @@ def bench_cost(work: Path, samples: int, modes: tuple[str, ...] = tuple(MODES)) 
     out["fp32_forward_s_each"] = [fwd_before, 2 * fwd - fwd_before]
     for label in modes:
         out[label]["ratio"] = out[label]["seconds"] / fwd
-    if "exact" in docs and "default" in docs:
-        out["default_vs_exact"] = agreement(_rank(docs["exact"]), _rank(docs["default"]))
+    if "exact" in docs:
+        for label in modes:
+            if label != "exact":
+                out[f"{label}_vs_exact"] = agreement(_rank(docs["exact"]), _rank(docs[label]))
     return out
 
 
@@ -141,11 +144,15 @@ def bench_ranking(work: Path, samples: int, models: list[str]) -> list[dict[str,
         ref = _rank(full)
         row: dict[str, Any] = {"model": name, "layers": len(ref), "samples": samples, "full_s": full_s,
                                "confidence_full": full.get("confidence")}
-        start = time.perf_counter()
-        first = api.sensitivity(mdir / "model.onnx", DataOptions(str(data), batch_size=8), cache=cache,
-                                options=SensitivityOptions(metric="sqnr", ranking="first-order")).section
-        row["first_order_s"] = time.perf_counter() - start
-        row["first_order"] = agreement(ref, _rank(first))
+        for label, gains in (("first_order", True), ("no_gains", False)):
+            start = time.perf_counter()
+            first = api.sensitivity(
+                mdir / "model.onnx", DataOptions(str(data), batch_size=8), cache=cache,
+                options=SensitivityOptions(metric="sqnr", ranking="first-order", gains=gains),
+            ).section
+            row[f"{label}_s"] = time.perf_counter() - start
+            row[label] = agreement(ref, _rank(first))
+            row[f"{label}_linearity"] = (first.get("estimate") or {}).get("linearity")
         row["first_order_all_int8_db"] = first["all_int8"]["sqnr_db"]
         row["full_all_int8_db"] = full["all_int8"]["sqnr_db"]
         for n in (samples // 4, samples // 2):

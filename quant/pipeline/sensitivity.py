@@ -77,7 +77,7 @@ def sensitivity(
     batch_size = effective_batch_size(prepared.inputs, data.batch_size)
     result, shard_info = None, None
     if _first_order(opts, shard):
-        result = _estimate(prepared, loaded.amax, opts, dataset, batch_size, progress)
+        result = _estimate(prepared, loaded.amax, opts, dataset, batch_size, progress, data.seed)
     if result is None:
         result, shard_info = _measure(prepared, loaded.amax, opts, dataset, batch_size, progress, shard)
     summary = dataset.summary().to_dict()
@@ -115,7 +115,9 @@ def _first_order(opts: Any, shard: str | None) -> bool:
     return opts.ranking == "auto" and not opts.exact and shard is None and opts.metric in ("auto", "sqnr")
 
 
-def _estimate(prepared: PreparedModel, amax: Any, opts: Any, dataset: Any, batch_size: int, progress: bool) -> Any:
+def _estimate(
+    prepared: PreparedModel, amax: Any, opts: Any, dataset: Any, batch_size: int, progress: bool, dataset_seed: int
+) -> Any:
     """The first-order estimate, or None (``--ranking auto``) when it does not apply here."""
     from quant.sensitivity.estimate import EstimateUnavailable, estimate_sensitivity
     from quant.sensitivity.switchable import plan_layers
@@ -128,8 +130,10 @@ def _estimate(prepared: PreparedModel, amax: Any, opts: Any, dataset: Any, batch
             metric=opts.metric,
             classifier_output=opts.classifier_output,
             probes=opts.probes,
+            seed=dataset_seed,
             threads=opts.threads,
             progress=progress,
+            gains=opts.gains,
         )
     except EstimateUnavailable as exc:
         if opts.ranking == "first-order":

@@ -274,12 +274,16 @@ def estimate_sensitivity(
     seed: int = 0,
     threads: int | None = None,
     progress: bool = False,
+    gains: bool = False,
 ) -> SensitivityResult:
     """Rank ``lp``'s layers by first-order damage and gain (module docstring) on ``dataset``.
 
     The metric must resolve to ``sqnr`` (the estimate is of noise power; top-1 flips are not
     linear): DataError otherwise, and the caller measures instead. ``probes``: random probes per
     output and batch where an output has more than :data:`EXACT_OUTPUT_MAX` values per sample.
+
+    ``gains`` False: no INT8 autograd pass; each gain is taken equal to its damage (what both
+    are to first order when the layers' noises are independent), for about two thirds of the cost.
 
     *Linearity* checks the premise on the data: the all-INT8 error ``e`` is measured, and its
     first-order prediction is ``sum_k J_k delta_k``; ``linearity`` = ``<e, sum_k J_k delta_k> /
@@ -319,10 +323,6 @@ def estimate_sensitivity(
     error = {o: 0.0 for o in outputs}
     cross = {o: np.zeros(n_layers) for o in outputs}  # sum <J_k^T e, delta_k>
     damage = {o: np.zeros(n_layers) for o in outputs}  # sum ||J_k delta_k||^2 (FP32 point)
-    damage8 = {o: np.zeros(n_layers) for o in outputs}  # the same at the all-INT8 point
-    import os
-    int8_norms = os.environ.get("QUANT_EXP") == "1"
-    fp32_gain = os.environ.get("QUANT_EXP") == "2"
     exact_outputs: set[str] = set()
     backward = 0
     samples = 0
@@ -337,12 +337,6 @@ def estimate_sensitivity(
     ):
         feeds = {k: torch.from_numpy(np.ascontiguousarray(batch.feed[k])) for k in graph.input_names}
 
-        out8 = None
-        if fp32_gain:
-            with torch.no_grad():
-                quantizer.side = False
-                out8 = graph.run(feeds, override=overrides)
-                quantizer.side = True
         # FP32, autograd on: the reference, and every layer's damage ||J_k delta_k||^2 (J and
         # delta at FP32's operating point, as the measured "alone in INT8" configuration has them).
         ref, ys, ks, deltas = _forward(graph, quantizer, overrides, feeds, int8=False)
@@ -370,34 +364,28 @@ def estimate_sensitivity(
             backward += count
             if exact:
                 exact_outputs.add(o)
-            if out8 is not None:
-                e = out8[o].to(torch.float64) - r
-                error[o] += float((e * e).sum())
-                cross[o] += _products(y, e.to(y.dtype), ys, ks, deltas, n_layers).sum(axis=1)
-                backward += 1
         del ref, ys, deltas
-        if out8 is not None:
-            int8_acc.update({o: out8[o].numpy() for o in outputs}, ref_np, batch.labels)
-            quantizer.records.clear()
-            samples += batch.size
-            continue
-
-        # All INT8: the output error e, and <J_k^T e, delta_k> for every gain.
-        out, ys, ks, deltas = _forward(graph, quantizer, overrides, feeds, int8=True)
+        # All INT8: the output error e, and <J_k^T e, delta_k> for every gain. Without ``gains``,
+        # a plain INT8 pass (no autograd, no float forms) for e and the all-INT8 measurement.
+        if gains:
+            out, ys, ks, deltas = _forward(graph, quantizer, overrides, feeds, int8=True)
+        else:
+            quantizer.side = False
+            with torch.no_grad():
+                out = graph.run(feeds, override=overrides)
+            quantizer.side = True
+            ys, ks, deltas = [], np.zeros(0, dtype=np.int64), []
         out_np = {o: out[o].detach().numpy() for o in outputs}
         int8_acc.update(out_np, ref_np, batch.labels)
         for o in outputs:
             y = out[o]
-            if not y.is_floating_point() or not y.requires_grad:
+            if not y.is_floating_point():
                 continue
             e = y.detach().to(torch.float64) - torch.from_numpy(ref_np[o]).to(torch.float64)
             error[o] += float((e * e).sum())
-            cross[o] += _products(y, e.to(y.dtype), ys, ks, deltas, n_layers).sum(axis=1)
-            backward += 1
-            if int8_norms:
-                norms, _, count = _squared_norms(y, ys, ks, deltas, n_layers, probes, generator)
-                damage8[o] += norms
-                backward += count
+            if gains and y.requires_grad:
+                cross[o] += _products(y, e.to(y.dtype), ys, ks, deltas, n_layers).sum(axis=1)
+                backward += 1
         del out, ys, deltas
         quantizer.records.clear()
         samples += batch.size
@@ -419,8 +407,10 @@ def estimate_sensitivity(
     alone, allbut = [], []
     for k in range(n_layers):
         d = [float(damage[o][k]) / signal[o] for o in scored]
-        curv = damage8 if int8_norms else damage
-        rest = [max(error[o] - 2.0 * float(cross[o][k]) + float(curv[o][k]), 0.0) / signal[o] for o in scored]
+        # Without gains: to first order with independent noises, <e, J_k delta_k> = ||J_k delta_k||^2,
+        # so the gain equals the damage.
+        c = [float(cross[o][k] if gains else damage[o][k]) for o in scored]
+        rest = [max(error[o] - 2.0 * ck + float(damage[o][k]), 0.0) / signal[o] for o, ck in zip(scored, c, strict=True)]
         alone.append(measurement(max(d, default=0.0)))
         allbut.append(measurement(max(rest, default=0.0)))
     # The all-INT8 loss the ranking subtracts from is the same pass's, so gains are consistent.
@@ -455,6 +445,7 @@ def estimate_sensitivity(
             "exact_outputs": sorted(exact_outputs),
             "backward_passes": backward,
             "seed": seed,
-            "linearity": _linearity(error, cross),
+            "gains": "first-order cross term at the all-INT8 point" if gains else "equal to the damage (first order)",
+            "linearity": _linearity(error, cross) if gains else None,
         },
     )
