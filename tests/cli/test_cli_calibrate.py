@@ -200,7 +200,7 @@ def test_calibrate_method_auto_and_inspect_show_the_choice(
     side = json.loads(Path(str(cache) + ".json").read_text())
     record = side["calibration"]["auto"]
     assert set(record["choice"]) == set(read_cache(cache).amax)
-    assert len(record["scores"]) == 6 and record["held_out"] == 16 and record["cost"]["folds"] == 3
+    assert len(record["scores"]) == 6 and record["held_out"] == 16 and record["cost"]["folds"] == 4
     code, out, err = run_main(["inspect", str(cache)], capsys)
     assert code == 0, err
     assert "method     auto" in out and "auto (" in out
