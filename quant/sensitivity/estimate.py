@@ -1,4 +1,4 @@
-"""First-order sensitivity: every layer's damage and gain from one INT8 pass and a few gradients.
+"""First-order sensitivity: every layer's damage (and gain) from two passes and a few gradients.
 
 The measured ranking (:mod:`.measure`) runs two configurations per layer, each a (partial)
 forward pass. Quantization noise is small, so the model is close to linear in it: with
@@ -8,23 +8,23 @@ forward pass. Quantization noise is small, so the model is close to linear in it
 - quantizing ``k`` alone adds ``J_k delta_k`` to ``y``: **damage** ``||J_k delta_k||^2 / ||y||^2``;
 - with every layer in INT8 the output error is ``e``; keeping ``k`` in float removes
   ``J_k delta_k`` from it, so **gain** = ``(||e||^2 - ||e - J_k delta_k||^2) / ||y||^2``
-  ``= (2 <J_k^T e, delta_k> - ||J_k delta_k||^2) / ||y||^2``.
+  ``= (2 <J_k^T e, delta_k> - ||J_k delta_k||^2) / ||y||^2``; to first order, with independent
+  noises, ``<e, J_k delta_k> = ||J_k delta_k||^2`` and the gain equals the damage (the default).
 
 Both need only products ``<J_k^T v, delta_k>``, and one backward pass gives ``J_k^T v`` for every
-layer at once. Per batch: the FP32 reference and the all-INT8 model run once (PyTorch, Q/DQ as
-float maths with a straight-through gradient, the same arithmetic as ONNX Runtime's exact mode;
-each quantized node also runs in float on the same inputs, which gives ``delta_k``); then one
-backward pass with ``v = e`` gives every gain's cross term, and ``||J_k delta_k||^2`` comes from
-probes: exactly from the ``m`` basis vectors when an output has ``m <= EXACT_OUTPUT_MAX`` values
-per sample (a classifier's scores), otherwise as the mean of ``(v^T J_k delta_k)^2`` over
-``probes`` random sign vectors ``v`` (Hutchinson's estimator: unbiased, relative error about
-``sqrt(2 / (samples x probes))`` per layer). Everything is a sum over samples, so batches add up.
-
-Both terms are computed at the all-INT8 operating point (the measured damage is at FP32's); to
-first order they are the same. The cost does not grow with the number of layers: two forward
-passes (each quantized node computed twice) and ``1 + probes`` backward passes per output.
-The ranking it gives is checked against the full measurement on real pretrained models
-(scripts/bench_sensitivity.py, docs/SENSITIVITY.md).
+layer at once. Per batch: the FP32 model runs with autograd on (each quantized node also runs in
+its Q/DQ form on the same inputs, which gives ``delta_k`` at FP32's operating point, as the
+measured "INT8 alone" configuration has it), and ``||J_k delta_k||^2`` comes from probes: exactly
+from the ``m`` basis vectors when an output has ``m <= EXACT_OUTPUT_MAX`` values per sample (a
+classifier's scores), otherwise as the mean of ``(v^T J_k delta_k)^2`` over ``probes`` random
+sign vectors ``v`` (Hutchinson's estimator: unbiased, relative error about ``sqrt(2 / (samples x
+probes))`` per layer). Then the all-INT8 model runs (Q/DQ as float maths, the arithmetic of ONNX
+Runtime's exact mode) for ``e`` and the all-INT8 measurement; with ``gains`` it runs with
+autograd (a straight-through gradient where values are not clipped) and one backward pass with
+``v = e`` gives every gain's cross term at the all-INT8 point. Everything is a sum over samples,
+so batches add up. The cost does not grow with the number of layers. The ranking it gives is
+checked against the full measurement on real pretrained models (scripts/bench_sensitivity.py,
+docs/SENSITIVITY.md).
 """
 
 from __future__ import annotations

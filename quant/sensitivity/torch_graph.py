@@ -9,7 +9,7 @@ every float op is a differentiable torch call. It covers the CNN op set of commo
 naming the node, and the caller falls back to the ONNX Runtime measurement.
 
 It is checked against ONNX Runtime output for output on the test models and on real pretrained
-models (tests/sensitivity/test_torch_graph.py). ``override`` lets the caller compute chosen nodes
+models (tests/test_sensitivity_estimate.py). ``override`` lets the caller compute chosen nodes
 itself (the estimate runs quantized layers through their Q/DQ form there).
 """
 
@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 
 from quant.errors import ModelError
 
-__all__ = ["SUPPORTED_OPS", "TorchGraph", "UnsupportedOp"]
+__all__ = ["TorchGraph", "UnsupportedOp"]
 
 Tensor = torch.Tensor
 Override = Callable[[onnx.NodeProto, list[Tensor | None]], list[Tensor]]
@@ -507,7 +507,6 @@ _OPS: dict[str, OpFn] = {
     "ReduceMin": lambda n, a, i, o: _reduce("min", a, i),
 }
 
-SUPPORTED_OPS = frozenset(_OPS)
 
 
 def _fold(fn: Callable[[Tensor, Tensor], Tensor], inputs: Sequence[Tensor | None]) -> Tensor:
