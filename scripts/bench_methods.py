@@ -243,17 +243,16 @@ def compare_model(
     }
 
 
-#: auto's rule before this benchmark's measurements (docs/CALIBRATION.md): pooled SQNR decides,
-#: folds of about 6 samples, at most 4.
-BEFORE = {"SCORE_RULE": "pooled", "FOLD_SAMPLES": 6, "MAX_FOLDS": 4}
-#: the two changes apart: today's rule choice with the former folds
-VARIANTS: dict[str, dict[str, Any]] = {"auto (before)": BEFORE,
-                                       "auto (3 folds)": {"FOLD_SAMPLES": 6, "MAX_FOLDS": 4}}
+#: auto as shipped before docs/CALIBRATION.md's study of its rule (scripts/study_auto.py): the
+#: adaptive rule (pooled SQNR or the mean of per-sample dB, chosen per model by halvings), same folds
+VARIANTS: dict[str, dict[str, Any]] = {"auto (adaptive rule)": {"SCORE_RULE": "adaptive"}}
+BEFORE = VARIANTS["auto (adaptive rule)"]
+_BEFORE_KEY = "quant auto (adaptive rule)"
 
 
 def _auto_before(model_path: Path, data: Any, cache: Path, clean: onnx.ModelProto, name: str, evald: np.ndarray,
                  batch: int, ref: Mapping[str, np.ndarray], classifier: str | None, budget: float, *,
-                 label: str = "auto (before)", consts: Mapping[str, Any] = BEFORE) -> dict[str, Any]:
+                 label: str = "auto (adaptive rule)", consts: Mapping[str, Any] = BEFORE) -> dict[str, Any]:
     """The row of ``--method auto`` with the module constants ``consts`` (:data:`VARIANTS`; set
     for this call only, then restored)."""
     from quant import api
@@ -403,10 +402,10 @@ def summarize_protocol(res: Mapping[str, Any]) -> dict[str, Any]:
         "per_split_diff_se": float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None,
         "oracle_mean_db": float(oracle.mean()),
         "auto_choices": [r.get("best_single_held_out") for r in auto["rows"]],
-        "before_choices": [r.get("best_single_held_out") for r in table["quant auto (before)"]["rows"]]
-        if "quant auto (before)" in table else None,
-        "before_minus_best_db": table["quant auto (before)"]["pooled_db"] - table[best]["pooled_db"]
-        if "quant auto (before)" in table else None,
+        "before_choices": [r.get("best_single_held_out") for r in table[_BEFORE_KEY]["rows"]]
+        if _BEFORE_KEY in table else None,
+        "before_minus_best_db": table[_BEFORE_KEY]["pooled_db"] - table[best]["pooled_db"]
+        if _BEFORE_KEY in table else None,
     }
 
 
@@ -445,7 +444,7 @@ def render_protocol(results: Sequence[Mapping[str, Any]]) -> str:
         choices = ", ".join(f"{sp} {c}" for sp, c in zip(res["splits"], summ["auto_choices"], strict=True))
         if summ["before_choices"]:
             lines.append("")
-            lines.append("auto (before)'s choice per split: " + ", ".join(
+            lines.append(f"{_BEFORE_KEY[6:]}'s choice per split: " + ", ".join(
                 f"{sp} {c}" for sp, c in zip(res["splits"], summ["before_choices"], strict=True)))
             lines.append("")
         lines.append(f"auto's model-level choice per split: {choices}; the best single method of each split "

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
+from quant.calibrators import auto as auto_module
 from quant.calibrators.auto import (
     CANDIDATES,
     AutoRecord,
@@ -295,7 +296,25 @@ def _parts(signal: list[float], noise: list[float]) -> tuple[np.ndarray, np.ndar
     return np.array(signal)[:, None], np.array(noise)[:, None]
 
 
-def test_choose_rule_takes_the_rule_that_carries_over_between_halves() -> None:
+def test_pooled_sqnr_decides_by_default() -> None:
+    # the study behind the default (docs/CALIBRATION.md "Which rule decides"): pooled SQNR decides,
+    # even where the mean of per-sample dB would pick otherwise; no halvings are spent
+    parts = {"A": _parts([1.0] * 16, [0.01] * 15 + [1.0]), "B": _parts([1.0] * 16, [0.05] * 16)}
+
+    def score(amax: Mapping[str, float]) -> Score:
+        sig, err = parts["A" if amax["x"] == 1.0 else "B"]
+        return Score(sqnr_db=10 * math.log10(sig.sum() / err.sum()), sample_db=float(np.mean(10 * np.log10(sig / err))),
+                     parts=(sig, err))
+
+    assert auto_module.SCORE_RULE == "pooled"
+    found = search({"A": {"x": 1.0}, "B": {"x": 2.0}}, ["x"], score, plan=SearchPlan(2, 0, 1))
+    assert found.scores["A"].sample_db > found.scores["B"].sample_db  # the mean of samples would take A
+    assert found.best_single == "B" and found.rule == {"rule": "pooled", "halving_regret_db": {}, "halvings": 0}
+    assert choose_rule({lab: Score(0.0, parts=p) for lab, p in parts.items()}) == ("pooled", {})
+
+
+def test_choose_rule_takes_the_rule_that_carries_over_between_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auto_module, "SCORE_RULE", "adaptive")
     # one loud sample: A is far better on 15 of 16 samples, B pooled (A's 16th dominates the noise)
     loud = {"A": Score(0.0, parts=_parts([1.0] * 16, [0.01] * 15 + [1.0])),
             "B": Score(0.0, parts=_parts([1.0] * 16, [0.05] * 16))}
@@ -310,7 +329,8 @@ def test_choose_rule_takes_the_rule_that_carries_over_between_halves() -> None:
     assert choose_rule({"A": Score(1.0), "B": Score(2.0)}) == ("pooled", {})  # no per-sample figures
 
 
-def test_search_decides_by_the_chosen_rule_and_records_it() -> None:
+def test_search_decides_by_the_chosen_rule_and_records_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auto_module, "SCORE_RULE", "adaptive")
     parts = {"A": _parts([1.0] * 16, [0.01] * 15 + [1.0]), "B": _parts([1.0] * 16, [0.05] * 16)}
 
     def score(amax: Mapping[str, float]) -> Score:
