@@ -6,7 +6,7 @@ run of each)::
 
     python scripts/real_models.py prepare --out /tmp/real
     python scripts/bench_methods.py compare --real /tmp/real --models ppocr_cls,doc_orientation,yolov8n_nudenet
-    python scripts/bench_methods.py cost [--samples 128]
+    python scripts/bench_methods.py cost [--samples 128] [--rounds 3]
 
 ``compare``: per model (``model.onnx``, ``calib.npz``, ``eval.npz`` made by
 ``scripts/real_models.py``), every INT8 model is compared with FP32 on the *evaluation* photos
@@ -25,7 +25,8 @@ top-1 agreement with FP32 is given for the models with a class-score output.
 
 ``cost``: ResNet-50 (scripts/_bench_common.py, random weights: fine for time, says nothing about
 accuracy), ``--samples`` random images: one FP32 pass over them, ``quant calibrate --method
-entropy`` and ``--method auto``, as ratios to the FP32 pass.
+entropy`` and ``--method auto`` (and auto re-running the whole model for every evaluation, what
+its partial re-runs save), as ratios to the FP32 pass.
 """
 
 from __future__ import annotations
@@ -574,11 +575,14 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def cost(samples: int, work: Path) -> dict[str, Any]:
-    """Wall and CPU seconds of each step; the FP32 pass is timed before, between and after the
-    calibrations (the machine is shared: the smallest is the pass without interference)."""
+def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
+    """Wall and CPU seconds of each step, in ``rounds`` rounds of: FP32 pass, entropy, FP32 pass,
+    auto, FP32 pass, auto with whole-model re-runs only (``auto.PARTIAL_RUNS = False``), FP32
+    pass. Each step's figure is its fastest round, and the unit is the fastest FP32 pass (the
+    machine may be shared: the smallest is the run with the least interference)."""
     from quant import api
     from quant.backends.onnxruntime import OrtRunner
+    from quant.calibrators import auto as auto_module
     from quant.config import CalibrationOptions, DataOptions
 
     model = resnet50()
@@ -589,6 +593,17 @@ def cost(samples: int, work: Path) -> dict[str, Any]:
     data = DataOptions(str(work / "calib.npz"), batch_size=8)
     name = model.graph.input[0].name
     passes: list[tuple[float, float]] = []
+    steps: dict[str, list[tuple[float, float]]] = {"entropy": [], "auto": [], "auto_whole": []}
+    records: dict[str, list[dict[str, Any]]] = {"auto": [], "auto_whole": []}
+
+    def calibrate(method: str, key: str) -> None:
+        t = _clock()
+        out = api.calibrate(path, data, cache=work / f"{key}.cache", options=CalibrationOptions(method=method),
+                            force=True)
+        steps[key].append(_since(t))
+        if key in records:
+            records[key].append(out.auto or {})
+
     with OrtRunner(model) as run:
         run.infer({name: x[:8]})
 
@@ -598,51 +613,70 @@ def cost(samples: int, work: Path) -> dict[str, Any]:
                 run.infer({name: b})
             passes.append(_since(t))
 
-        fp32_pass()
-        t = _clock()
-        api.calibrate(path, data, cache=work / "entropy.cache", options=CalibrationOptions(method="entropy"), force=True)
-        entropy = _since(t)
-        fp32_pass()
-        t = _clock()
-        out = api.calibrate(path, data, cache=work / "auto.cache", options=CalibrationOptions(method="auto"), force=True)
-        auto = _since(t)
-        fp32_pass()
-    record = out.auto or {}
+        for _ in range(rounds):
+            fp32_pass()
+            calibrate("entropy", "entropy")
+            fp32_pass()
+            calibrate("auto", "auto")
+            fp32_pass()
+            auto_module.PARTIAL_RUNS = False
+            try:
+                calibrate("auto", "auto_whole")
+            finally:
+                auto_module.PARTIAL_RUNS = True
+            fp32_pass()
+    record = records["auto"][0]
+    whole = records["auto_whole"][0]
+    best = {k: (min(v[0] for v in vals), min(v[1] for v in vals)) for k, vals in steps.items()}
     return {
         "samples": samples,
+        "rounds": rounds,
         "fp32_pass_s": min(p[0] for p in passes),
         "fp32_pass_cpu_s": min(p[1] for p in passes),
         "fp32_passes": passes,
-        "entropy_s": entropy[0],
-        "entropy_cpu_s": entropy[1],
-        "auto_s": auto[0],
-        "auto_cpu_s": auto[1],
-        "search_s": record.get("seconds"),
+        "steps": steps,
+        "entropy_s": best["entropy"][0],
+        "entropy_cpu_s": best["entropy"][1],
+        "auto_s": best["auto"][0],
+        "auto_cpu_s": best["auto"][1],
+        "auto_whole_s": best["auto_whole"][0],
+        "auto_whole_cpu_s": best["auto_whole"][1],
+        "search_s": min(r.get("seconds") or math.inf for r in records["auto"]),
+        "search_whole_s": min(r.get("seconds") or math.inf for r in records["auto_whole"]),
+        "same_choice": all(r.get("choice") == whole.get("choice") for r in [*records["auto"], *records["auto_whole"]]),
         "evaluations": record.get("evaluations"),
         "held_out": record.get("held_out"),
         "groups": (record.get("plan") or {}).get("groups"),
         "searched_tensors": record.get("searched"),
         "sample_forwards": (record.get("cost") or {}).get("sample_forwards"),
         "nominal_passes": (record.get("cost") or {}).get("passes"),
+        "node_passes": (record.get("cost") or {}).get("node_passes"),
+        "partial_batches": (record.get("cost") or {}).get("partial_batches"),
         "choice": _counts(record.get("choice") or {}),
     }
 
 
 def render_cost(r: dict[str, Any]) -> str:
     f, fc = r["fp32_pass_s"], r["fp32_pass_cpu_s"]
+
+    def row(label: str, wall: float, cpu: float | None) -> list[str]:
+        return [label, f"{wall:.2f}", f"{wall / f:.2f}", "-" if cpu is None else f"{cpu:.2f}",
+                "-" if cpu is None else f"{cpu / fc:.2f}"]
+
     rows = [
-        ["one FP32 pass over the calibration set", f"{f:.2f}", "1.00", f"{fc:.2f}", "1.00"],
-        ["quant calibrate --method entropy", f"{r['entropy_s']:.2f}", f"{r['entropy_s'] / f:.2f}",
-         f"{r['entropy_cpu_s']:.2f}", f"{r['entropy_cpu_s'] / fc:.2f}"],
-        ["quant calibrate --method auto, total", f"{r['auto_s']:.2f}", f"{r['auto_s'] / f:.2f}",
-         f"{r['auto_cpu_s']:.2f}", f"{r['auto_cpu_s'] / fc:.2f}"],
-        ["  of which the search (reference pass + evaluations)", f"{r['search_s']:.2f}", f"{r['search_s'] / f:.2f}",
-         "-", "-"],
+        row("one FP32 pass over the calibration set", f, fc),
+        row("quant calibrate --method entropy", r["entropy_s"], r["entropy_cpu_s"]),
+        row("quant calibrate --method auto, total", r["auto_s"], r["auto_cpu_s"]),
+        row("  of which the search (reference pass + evaluations)", r["search_s"], None),
+        row("auto re-running the whole model for every group, total", r["auto_whole_s"], r["auto_whole_cpu_s"]),
+        row("  of which the search", r["search_whole_s"], None),
     ]
     head = (
-        f"ResNet-50, {r['samples']} samples, batch 8: {r['held_out']} held out, {r['evaluations']} evaluations "
-        f"({r['groups']} groups over {r['searched_tensors']} Q/DQ tensors), {r['sample_forwards']} sample forwards "
-        f"= {r['nominal_passes']}x nominal; chose {r['choice']}; FP32 passes (wall, CPU s): "
+        f"ResNet-50, {r['samples']} samples, batch 8, fastest of {r['rounds']} round(s): {r['held_out']} held out, "
+        f"{r['evaluations']} evaluations ({r['groups']} groups over {r['searched_tensors']} Q/DQ tensors), "
+        f"{r['sample_forwards']} sample forwards = {r['nominal_passes']}x nominal, {r['node_passes']}x counting a "
+        f"partial run by its share of the nodes ({r['partial_batches']} partial batches); chose {r['choice']} "
+        f"({'the same' if r['same_choice'] else 'NOT the same'} with whole-model re-runs); FP32 passes (wall, CPU s): "
         + ", ".join(f"{w:.1f}/{c:.1f}" for w, c in r["fp32_passes"])
     )
     return head + "\n\n" + format_table(["step", "wall s", "x FP32 pass", "CPU s", "x FP32 pass (CPU)"], rows)
@@ -665,6 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--json", type=Path, default=None)
     k = sub.add_parser("cost", help="auto's cost on ResNet-50")
     k.add_argument("--samples", type=int, default=128)
+    k.add_argument("--rounds", type=int, default=1, help="repeat every step this often; each figure is its fastest")
     k.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     cpu = cpu_info()
@@ -698,7 +733,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(render_compare(results[-1:]), flush=True)
             payload = {"cpu": cpu, "results": results}
         else:
-            payload = {"cpu": cpu, **cost(args.samples, work)}
+            payload = {"cpu": cpu, **cost(args.samples, work, rounds=args.rounds)}
             print(render_cost(payload))
     if args.json:
         args.json.write_text(json.dumps(payload, indent=1, default=str))

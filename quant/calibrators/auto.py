@@ -36,7 +36,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -83,6 +83,10 @@ MIN_SAMPLES = 16
 #: against -0.78 over 5 real models) and in the worst case (-2.89 against -4.48). The others stay
 #: for scripts/bench_methods.py and scripts/study_auto.py, which set this to compare rules.
 SCORE_RULE = "pooled"
+#: Whether the group round re-runs only the part of the model a group's ranges reach
+#: (:mod:`quant.calibrators.partial`; the same scores up to float rounding, in less time).
+#: scripts/bench_methods.py sets it to False to measure what that saves.
+PARTIAL_RUNS = True
 #: Seeded random halvings :func:`choose_rule` judges the rules on.
 RULE_HALVINGS = 200
 #: A per-sample SQNR is clipped to +-this (dB), so that one exact or all-zero sample does not
@@ -228,7 +232,9 @@ def _finite(x: float) -> float | None:
     return None if math.isinf(x) else float(x)  # JSON has no infinity; None = identical outputs
 
 
-ScoreFn = Callable[[Mapping[str, Any]], Score]
+#: measures one assignment; a scorer with ``partial = True`` also takes ``vary=`` (the tensors that may
+#: differ from its previous calls) and re-runs only what their ranges reach
+ScoreFn = Callable[..., Score]
 
 
 @dataclass(frozen=True)
@@ -312,11 +318,13 @@ def search(
 
     rule = "pooled"
 
-    def measure(choice: Mapping[str, str]) -> Score:
+    def measure(choice: Mapping[str, str], vary: Sequence[str] | None = None) -> Score:
         nonlocal evaluations
         evaluations += 1
-        return replace(score_fn(assignment(choice)), rule=rule, parts=None) if rule != "pooled" else score_fn(
-            assignment(choice))
+        # a scorer that can re-run only what `vary`'s ranges reach says so (OutputScorer.partial)
+        got = score_fn(assignment(choice), vary=vary) if vary is not None and getattr(
+            score_fn, "partial", False) else score_fn(assignment(choice))
+        return replace(got, rule=rule, parts=None) if rule != "pooled" else got
 
     scores: dict[str, Score] = {}
     for lab in labels:
@@ -339,7 +347,7 @@ def search(
             if all(table[lab][t] == table[choice[t]][t] for t in group):
                 continue  # the same ranges: nothing to measure
             trial = {**choice, **{t: lab for t in group}}
-            s = measure(trial)
+            s = measure(trial, vary=group)
             if s.better_than(current, min_gain) and (best is None or s.value > best[0].value):
                 best = (s, lab)
         if best is not None:
@@ -735,18 +743,27 @@ class OutputScorer:
         *,
         threads: int | None = None,
         folds: Sequence[int] | None = None,
+        partial: bool = True,
     ) -> None:
         from quant.backends.onnxruntime import OrtRunner
+        from quant.calibrators.partial import BatchMap, PartialRunner, scoring_layout
 
         if not feeds:
             raise CalibrationError("auto calibration has no held-out samples to score with")
         self.sim = scale_input_model(clean, base_amax)
         self.feeds = [dict(f) for f in feeds]
         self.samples = sum(int(next(iter(f.values())).shape[0]) for f in self.feeds)
-        with OrtRunner(clean, threads=threads, name="fp32 reference") as ref:
+        workers, intra = scoring_layout(threads, len(self.feeds))
+        self._map = BatchMap(workers)
+        with OrtRunner(clean, threads=intra, name="fp32 reference") as ref:
             self.outputs = list(ref.output_names())
-            self.reference = [ref.infer(f) for f in self.feeds]
-        self._runner = OrtRunner(self.sim.model, threads=threads, int8="exact", name="auto calibration scorer")
+            self.reference = self._map(ref.infer, self.feeds)
+        self._runner = OrtRunner(self.sim.model, threads=intra, int8="exact", name="auto calibration scorer")
+        self._partial: PartialRunner | None = None
+        if partial:
+            self._partial = PartialRunner(
+                self.sim.model, list(self.sim.scale_inputs.values()), self.feeds, self._runner, threads=intra,
+                mapper=self._map)
         self._classifier = _classifier_outputs(self.reference[0])
         self.forwards = self.samples  # sample forward passes spent (the reference pass)
         self.folds = list(folds) if folds is not None else [0] * len(self.feeds)
@@ -757,7 +774,28 @@ class OutputScorer:
     def quantized(self) -> tuple[str, ...]:
         return self.sim.quantized
 
+    @property
+    def partial(self) -> bool:
+        """Whether a call may pass ``vary=`` and re-run only what those tensors' ranges reach."""
+        return self._partial is not None
+
+    @property
+    def partial_runs(self) -> int:
+        """Batches run only from a cut (:mod:`quant.calibrators.partial`)."""
+        return 0 if self._partial is None else self._partial.partial_runs
+
+    @property
+    def node_passes(self) -> float:
+        """Scoring work in sample forwards of the whole model, a partial run counted by the share of
+        the model's nodes it ran (the reference pass included)."""
+        if self._partial is None:
+            return float(self.forwards)
+        return self.samples + self._partial.node_runs
+
     def close(self) -> None:
+        if self._partial is not None:
+            self._partial.close()
+        self._map.close()
         self._runner.close()
 
     def __enter__(self) -> OutputScorer:
@@ -777,15 +815,24 @@ class OutputScorer:
             scales[name] = np.array(np.float32(a / 127.0), dtype=np.float32)
         return scales
 
-    def per_sample(self, amax: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def per_sample(
+        self, amax: Mapping[str, Any], vary: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(signal, noise, top-1 agreement or None): per scored sample (rows, in feed order) and
-        output (columns, :attr:`outputs` order), sum(ref^2) and sum(err^2)."""
+        output (columns, :attr:`outputs` order), sum(ref^2) and sum(err^2). With ``vary`` (the
+        tensors whose ranges may differ from the previous calls'), the part of the model their
+        ranges cannot reach is not run again (:mod:`quant.calibrators.partial`)."""
         by_fold = {k: self._scales(amax, k) for k in sorted(set(self.folds))}
+        scales = [by_fold[fold] for fold in self.folds]
+        if self._partial is not None:
+            names = None if vary is None else [self.sim.scale_inputs[t] for t in vary if t in self.sim.scale_inputs]
+            outs = self._partial.run(scales, names)
+        else:
+            outs = self._map(lambda fs: self._runner.infer({**fs[0], **fs[1]}), zip(self.feeds, scales, strict=True))
         signal: list[np.ndarray] = []
         noise: list[np.ndarray] = []
         agree: list[np.ndarray] = []
-        for feed, ref, fold in zip(self.feeds, self.reference, self.folds, strict=True):
-            out = self._runner.infer({**feed, **by_fold[fold]})
+        for feed, ref, out in zip(self.feeds, self.reference, outs, strict=True):
             n = int(next(iter(feed.values())).shape[0])
             self.forwards += n
             sig = np.zeros((n, len(self.outputs)))
@@ -803,8 +850,8 @@ class OutputScorer:
                 agree.append(np.argmax(r2, axis=1) == np.argmax(q2, axis=1))
         return np.concatenate(signal), np.concatenate(noise), (np.concatenate(agree) if agree else None)
 
-    def __call__(self, amax: Mapping[str, Any]) -> Score:
-        signal, noise, agree = self.per_sample(amax)
+    def __call__(self, amax: Mapping[str, Any], vary: Sequence[str] | None = None) -> Score:
+        signal, noise, agree = self.per_sample(amax, vary)
         sig, err = signal.sum(axis=0), noise.sum(axis=0)
         sqnr = min(_sqnr(float(sig[j]), float(err[j])) for j in range(len(self.outputs)))
         return Score(sqnr_db=sqnr, agreement=None if agree is None else 100.0 * float(np.mean(agree)),
@@ -834,7 +881,7 @@ def collect_feeds(dataset: Dataset, batch_size: int) -> list[dict[str, np.ndarra
 def score_and_search(
     clean: onnx.ModelProto,
     stats: Sequence[Mapping[str, TensorStats]],
-    scoring: Sequence[Dataset],
+    scoring: Sequence[Dataset] | Sequence[list[dict[str, np.ndarray]]],
     *,
     budget: float = DEFAULT_BUDGET,
     seed: int = 0,
@@ -858,11 +905,12 @@ def score_and_search(
     feeds: list[dict[str, np.ndarray]] = []
     folds: list[int] = []
     for k, ds in enumerate(scoring):
-        part = collect_feeds(ds, batch_size)
+        # a fold's feeds already in memory (auto_calibrate keeps them from its one pass) or a dataset
+        part = [dict(f) for f in ds] if isinstance(ds, list) else collect_feeds(cast("Dataset", ds), batch_size)
         feeds.extend(part)
         folds.extend([k] * len(part))
     base = {t: v[0] for t, v in table["minmax"].items()}
-    with OutputScorer(clean, base, feeds, threads=threads, folds=folds) as scorer:
+    with OutputScorer(clean, base, feeds, threads=threads, folds=folds, partial=PARTIAL_RUNS) as scorer:
         plan = plan_search(
             num_tensors=len(scorer.quantized),
             num_candidates=len(CANDIDATES),
@@ -873,6 +921,8 @@ def score_and_search(
         searched = [t for t in scorer.quantized if all(all(x is not None for x in table[lab][t]) for lab in table)]
         found = search(table, searched, scorer, plan=plan, seed=seed)
         forwards = scorer.forwards
+        node_passes = scorer.node_passes
+        partial_runs = scorer.partial_runs
         held = scorer.samples
     return AutoRecord.from_search(
         found, stats[0], plan=plan, held_out=held, statistics_samples=statistics_samples, seed=seed,
@@ -881,6 +931,9 @@ def score_and_search(
             "sample_forwards": forwards,
             "calibration_samples": calibration_samples,
             "passes": round(forwards / calibration_samples, 3),
+            # a run of only the part a group's ranges reach counted by its share of the nodes
+            "node_passes": round(node_passes / calibration_samples, 3),
+            "partial_batches": partial_runs,
             "folds": len(stats),
         },
     )
@@ -903,28 +956,26 @@ def auto_calibrate(
     aside in folds; each fold is scored with the candidates' ranges from the statistics of every
     other sample (:func:`score_and_search`); each tensor's chosen method is then applied to the
     statistics of every sample, as a hyperparameter chosen on validation data is refitted on all
-    of it. Statistics are collected once per part (the folds and the rest) and merged exactly, so
+    of it. One pass over the data collects each part's statistics (the folds' and the rest's,
+    merged exactly afterwards) and keeps the folds' batches for scoring, so the data is read and
     the model runs over every sample once, as for any method.
 
     Returns (amax, the collector of every sample's statistics, the samples seen, the record)."""
-    from quant.calibrators.calibrate import collect_statistics
+    from quant.calibrators.calibrate import collect_partitioned_statistics
+    from quant.calibrators.stats import StatsCollector
 
     total = len(dataset)
     scored, nfolds = scoring_plan(total, batch=fixed_batch)
     rest_pos, fold_pos = split_folds(total, scored, nfolds, seed=seed)
-    parts = [SubsetDataset(dataset, pos, tag=f"auto fold {k + 1}/{nfolds}") for k, pos in enumerate(fold_pos)]
-    collected = []
-    seen = 0
-    for k, part in enumerate([*parts, SubsetDataset(dataset, rest_pos, tag="auto statistics")]):
-        if len(part) == 0:
-            continue
-        col, n = collect_statistics(
-            clean, part, tensors, batch_size=batch_size, num_bins=num_bins,
-            progress=progress and k == len(parts), model_name=model_name,
-        )
-        collected.append((k, col))
-        seen += n
-    from quant.calibrators.stats import StatsCollector
+    # one read of the data and one set of sessions: each fold's statistics, the rest's, and the
+    # folds' batches (what scores) come out of the same pass
+    got = collect_partitioned_statistics(
+        clean, dataset, tensors, [*fold_pos, rest_pos], keep=range(nfolds), batch_size=batch_size,
+        num_bins=num_bins, progress=progress, model_name=model_name,
+    )
+    collected = [(k, col) for k, col in enumerate(got.collectors) if col is not None]
+    seen = got.seen
+    parts = [[dict(b.feed) for b in got.kept.get(k, [])] for k in range(nfolds)]
 
     def merged(skip: int | None) -> StatsCollector:
         out = StatsCollector(num_bins=num_bins)

@@ -138,6 +138,107 @@ def collect_statistics(
     another calibrated tensor by a ReLU or a reshaping op are derived exactly instead of computed
     again (:class:`SignedStatsAccumulator`).
     """
+    got = collect_partitioned_statistics(
+        model, dataset, tensors, None, batch_size=batch_size, num_bins=num_bins, progress=progress,
+        threads=threads, model_name=model_name,
+    )
+    collector = got.collectors[0]
+    assert collector is not None  # seen > 0, or the call raised
+    return collector, got.seen
+
+
+@dataclass(frozen=True)
+class PartitionedStats:
+    """What :func:`collect_partitioned_statistics` returns: per part, the statistics of its samples
+    (None for a part without samples), the samples seen in all, and the batches of the parts
+    asked to be kept (part -> batches, in data order)."""
+
+    collectors: list[StatsCollector | None]
+    seen: int
+    kept: dict[int, list[Any]]
+
+
+@dataclass(frozen=True)
+class _PartBatch:
+    part: int
+    batch: Any
+
+    @property
+    def size(self) -> int:
+        return int(self.batch.size)
+
+
+def _route(
+    batches: Iterator[Any], part_of: np.ndarray, nparts: int, batch_size: int, keep: frozenset[int], kept: dict[int, list[Any]]
+) -> Iterator[_PartBatch]:
+    """The samples of ``batches`` (the dataset read once) regrouped by part into batches of
+    ``batch_size`` (each part's last one may be smaller), each sample in its part's data order;
+    batches of the parts in ``keep`` are also appended to ``kept``. ``part_of[i]`` is sample
+    ``i``'s part (-1: none); samples past its end belong to no part."""
+    from quant.datasets.base import Batch
+
+    pending: list[list[Any]] = [[] for _ in range(nparts)]  # per part: (feed, labels) slices
+    count = [0] * nparts
+    offset = 0
+
+    def emit(k: int, rows: int) -> _PartBatch:
+        feeds = [f for f, _ in pending[k]]
+        labels = [lab for _, lab in pending[k]]
+        cat = {name: np.concatenate([f[name] for f in feeds], axis=0) for name in feeds[0]}
+        lab = np.concatenate(labels) if labels and labels[0] is not None else None
+        out = Batch(feed={n: v[:rows].copy() for n, v in cat.items()}, labels=None if lab is None else lab[:rows].copy())
+        rest = {n: v[rows:] for n, v in cat.items()}
+        pending[k] = [(rest, None if lab is None else lab[rows:])] if count[k] > rows else []
+        count[k] -= rows
+        if k in keep:
+            kept.setdefault(k, []).append(out)
+        return _PartBatch(k, out)
+
+    for batch in batches:
+        size = batch.size
+        pos = np.arange(offset, offset + size)
+        offset += size
+        inside = pos < part_of.size
+        parts = np.full(size, -1, dtype=np.int64)
+        parts[inside] = part_of[pos[inside]]
+        for k in range(nparts):
+            idx = np.flatnonzero(parts == k)
+            if idx.size == 0:
+                continue
+            if idx.size == size and not pending[k] and size == batch_size:
+                if k in keep:
+                    kept.setdefault(k, []).append(batch)
+                yield _PartBatch(k, batch)  # a whole batch of one part: no copy
+                continue
+            pending[k].append(({n: v[idx] for n, v in batch.feed.items()},  # fancy indexing copies
+                               None if batch.labels is None else batch.labels[idx]))
+            count[k] += int(idx.size)
+            while count[k] >= batch_size:
+                yield emit(k, batch_size)
+    for k in range(nparts):
+        if count[k]:
+            yield emit(k, count[k])
+
+
+def collect_partitioned_statistics(
+    model: onnx.ModelProto,
+    dataset: Dataset,
+    tensors: Sequence[str],
+    parts: Sequence[Sequence[int] | np.ndarray] | None,
+    *,
+    keep: Sequence[int] = (),
+    batch_size: int = 8,
+    num_bins: int = DEFAULT_NUM_BINS,
+    progress: bool = False,
+    threads: int | None = None,
+    model_name: str | None = None,
+) -> PartitionedStats:
+    """:func:`collect_statistics` for disjoint parts of ``dataset`` at once: ``parts`` holds each
+    part's sample positions (in the dataset's iteration order; None: one part, every sample).
+    The data is read and the model's sessions built once; each part's statistics are its own
+    samples' exactly (batches are regrouped by part, so no batch mixes two parts). The batches of
+    the parts in ``keep`` are returned too (``--method auto`` scores on them). Errors as
+    :func:`collect_statistics`; "no samples" means none in any part."""
     from tqdm import tqdm
 
     from quant.backends.onnxruntime import check_feed
@@ -152,6 +253,16 @@ def collect_statistics(
     specs = input_specs(model)
     graph_inputs = {s.name for s in specs}
     workers, intra = _worker_layout(threads)
+    nparts = 1 if parts is None else len(parts)
+    part_of: np.ndarray | None = None
+    if parts is not None:
+        size = max((int(np.max(p)) + 1 for p in parts if len(p)), default=0)
+        part_of = np.full(size, -1, dtype=np.int64)
+        for k, positions in enumerate(parts):
+            pos = np.asarray(positions, dtype=np.int64)
+            if pos.size and (pos.min() < 0 or np.any(part_of[pos] != -1)):
+                raise UsageError("calibration parts must hold distinct, non-negative sample positions")
+            part_of[pos] = k
 
     def accumulators() -> dict[str, StatsAccumulator | SignedStatsAccumulator]:
         return {
@@ -159,13 +270,16 @@ def collect_statistics(
             for t in plan.fetch
         }
 
-    shares = [accumulators() for _ in range(workers)]
+    shares = [[accumulators() for _ in range(nparts)] for _ in range(workers)]
+    touched: set[int] = set()
+    kept: dict[int, list[Any]] = {}
     from_graph = [t for t in plan.fetch if t not in graph_inputs]
     from_feed = [t for t in plan.fetch if t in graph_inputs]
+    total = len(dataset) if part_of is None else int(np.count_nonzero(part_of >= 0))
     with (
         _StagedRunner(model, from_graph, batch_size=batch_size, threads=intra, name=display) as runner,
         tqdm(
-            total=len(dataset),
+            total=total,
             unit="sample",
             desc="calibrating",
             file=sys.stderr,
@@ -174,7 +288,10 @@ def collect_statistics(
         ) as bar,
     ):
 
-        def reduce(acc: Mapping[str, Any], batch: Any, index: int, scratch: _Scratch) -> None:
+        def reduce(share: Sequence[Mapping[str, Any]], item: _PartBatch, index: int, scratch: _Scratch) -> None:
+            batch = item.batch
+            acc = share[item.part]
+            touched.add(item.part)
             check_feed(batch.feed, specs, model=display)
             for t in from_feed:
                 acc[t].update(batch.feed[t], batch_index=index, scratch=scratch)
@@ -182,35 +299,52 @@ def collect_statistics(
                 for t, value in outputs.items():
                     acc[t].update(value.numpy(), batch_index=index, scratch=scratch)
 
-        seen = _run_workers(iter(dataset.batches(batch_size)), shares, reduce, bar)
+        source = iter(dataset.batches(batch_size))
+        items: Iterator[_PartBatch] = (
+            (_PartBatch(0, b) for b in source) if part_of is None
+            else _route(source, part_of, nparts, batch_size, frozenset(keep), kept)
+        )
+        try:
+            seen = _run_workers(items, shares, reduce, bar)  # type: ignore[arg-type]
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:  # let the loader stop its decoding threads now
+                close()
         layout = runner.layout
     if seen == 0:
         raise DataError(
             f"dataset '{dataset.summary().source}' gave no samples; calibration needs at least one "
             "(check the data path, its contents and --max-samples)"
         )
-    accumulated = shares[0]
-    for share in shares[1:]:  # exact: histograms over power-of-two ranges merge bit for bit
-        for t, acc in share.items():
-            accumulated[t].absorb(acc)  # type: ignore[arg-type]
-    stats: dict[str, TensorStats] = {}
-    for t in names:
-        base, relu = plan.derived.get(t, (t, False))
-        acc = accumulated[base]
-        stats[t] = acc.relu_snapshot() if relu and isinstance(acc, SignedStatsAccumulator) else acc.snapshot()
+    collectors: list[StatsCollector | None] = []
+    for k in range(nparts):
+        if k not in touched:
+            collectors.append(None)
+            continue
+        accumulated = shares[0][k]
+        for share in shares[1:]:  # exact: histograms over power-of-two ranges merge bit for bit
+            for t, acc in share[k].items():
+                accumulated[t].absorb(acc)  # type: ignore[arg-type]
+        stats: dict[str, TensorStats] = {}
+        for t in names:
+            base, relu = plan.derived.get(t, (t, False))
+            acc = accumulated[base]
+            stats[t] = acc.relu_snapshot() if relu and isinstance(acc, SignedStatsAccumulator) else acc.snapshot()
+        collectors.append(StatsCollector.from_stats(stats, num_bins))
     logger.info(
-        "collected statistics of %d tensors (%d reduced, %d derived) over %d samples "
+        "collected statistics of %d tensors (%d reduced, %d derived) over %d samples%s "
         "(%d workers x %d ORT threads, %s histogram kernel, layout %s)",
         len(names),
         len(plan.fetch),
         len(plan.derived),
         seen,
+        "" if nparts == 1 else f" in {nparts} parts",
         workers,
         intra,
         histogram_kernel(),
         layout,
     )
-    return StatsCollector.from_stats(stats, num_bins), seen
+    return PartitionedStats(collectors, seen, kept)
 
 
 # Run-time choices for the calibration sessions (module constants so the benchmark can compare).

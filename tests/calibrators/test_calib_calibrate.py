@@ -201,3 +201,47 @@ def test_model_is_not_modified() -> None:
     assert model.SerializeToString() == before
     assert [o.name for o in model.graph.output] == ["y"]
     assert isinstance(model, onnx.ModelProto)
+
+
+class _CountingDataset(ArrayDataset):
+    """Counts how often the data is read."""
+
+    reads = 0
+
+    def batches(self, batch_size: int):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        yield from super().batches(batch_size)
+
+
+def test_partitioned_statistics_are_each_parts_own_from_one_read() -> None:
+    from quant.calibrators.auto import SubsetDataset
+    from quant.calibrators.calibrate import collect_partitioned_statistics
+
+    model = conv_relu_conv()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((23, 3, 8, 8)).astype(np.float32)
+    data = _CountingDataset({"x": x})
+    parts = [np.array([1, 5, 6, 20]), np.array([0, 2, 3, 9, 11, 17, 22]), np.array([4, 7, 8, 10, 12, 13, 14, 15, 16, 18, 19, 21])]
+    got = collect_partitioned_statistics(model, data, ["conv1_out", "relu_out", "x"], parts, keep=[0, 1], batch_size=4)
+    assert data.reads == 1 and got.seen == 23
+    for k, pos in enumerate(parts):
+        own, n = collect_statistics(model, SubsetDataset(ArrayDataset({"x": x}), pos, tag="t"), ["conv1_out", "relu_out", "x"],
+                                    batch_size=4)
+        assert n == len(pos)
+        mine = got.collectors[k]
+        assert mine is not None
+        for name, st in own.stats().items():
+            other = mine.stats()[name]
+            assert (other.count, other.absmax, other.hist_range) == (st.count, st.absmax, st.hist_range)
+            np.testing.assert_array_equal(other.counts, st.counts)
+    # the kept parts' batches: each part's samples in data order, batches of 4 and a smaller last one
+    assert sorted(got.kept) == [0, 1]
+    for k in (0, 1):
+        batches = got.kept[k]
+        assert [b.size for b in batches] == ([4] if k == 0 else [4, 3])
+        np.testing.assert_array_equal(np.concatenate([b.feed["x"] for b in batches]), x[parts[k]])
+    # a part without samples has no statistics; overlapping parts are refused
+    empty = collect_partitioned_statistics(model, data, ["x"], [np.arange(23), np.array([], dtype=np.int64)])
+    assert empty.collectors[1] is None and empty.collectors[0] is not None
+    with pytest.raises(UsageError, match="distinct"):
+        collect_partitioned_statistics(model, data, ["x"], [np.array([0, 1]), np.array([1, 2])])
