@@ -25,8 +25,7 @@ top-1 agreement with FP32 is given for the models with a class-score output.
 
 ``cost``: ResNet-50 (scripts/_bench_common.py, random weights: fine for time, says nothing about
 accuracy), ``--samples`` random images: one FP32 pass over them, ``quant calibrate --method
-entropy`` and ``--method auto`` (and auto re-running the whole model for every evaluation, what
-its partial re-runs save), as ratios to the FP32 pass.
+entropy`` and ``--method auto``, as ratios to the FP32 pass.
 """
 
 from __future__ import annotations
@@ -577,12 +576,10 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
 
 def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
     """Wall and CPU seconds of each step, in ``rounds`` rounds of: FP32 pass, entropy, FP32 pass,
-    auto, FP32 pass, auto with whole-model re-runs only (``auto.PARTIAL_RUNS = False``), FP32
-    pass. Each step's figure is its fastest round, and the unit is the fastest FP32 pass (the
-    machine may be shared: the smallest is the run with the least interference)."""
+    auto, FP32 pass. Each step's figure is its fastest round, and the unit is the fastest FP32
+    pass (the machine may be shared: the smallest is the run with the least interference)."""
     from quant import api
     from quant.backends.onnxruntime import OrtRunner
-    from quant.calibrators import auto as auto_module
     from quant.config import CalibrationOptions, DataOptions
 
     model = resnet50()
@@ -593,8 +590,8 @@ def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
     data = DataOptions(str(work / "calib.npz"), batch_size=8)
     name = model.graph.input[0].name
     passes: list[tuple[float, float]] = []
-    steps: dict[str, list[tuple[float, float]]] = {"entropy": [], "auto": [], "auto_whole": []}
-    records: dict[str, list[dict[str, Any]]] = {"auto": [], "auto_whole": []}
+    steps: dict[str, list[tuple[float, float]]] = {"entropy": [], "auto": []}
+    records: dict[str, list[dict[str, Any]]] = {"auto": []}
 
     def calibrate(method: str, key: str) -> None:
         t = _clock()
@@ -619,14 +616,7 @@ def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
             fp32_pass()
             calibrate("auto", "auto")
             fp32_pass()
-            auto_module.PARTIAL_RUNS = False
-            try:
-                calibrate("auto", "auto_whole")
-            finally:
-                auto_module.PARTIAL_RUNS = True
-            fp32_pass()
     record = records["auto"][0]
-    whole = records["auto_whole"][0]
     best = {k: (min(v[0] for v in vals), min(v[1] for v in vals)) for k, vals in steps.items()}
     return {
         "samples": samples,
@@ -639,19 +629,15 @@ def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
         "entropy_cpu_s": best["entropy"][1],
         "auto_s": best["auto"][0],
         "auto_cpu_s": best["auto"][1],
-        "auto_whole_s": best["auto_whole"][0],
-        "auto_whole_cpu_s": best["auto_whole"][1],
         "search_s": min(r.get("seconds") or math.inf for r in records["auto"]),
-        "search_whole_s": min(r.get("seconds") or math.inf for r in records["auto_whole"]),
-        "same_choice": all(r.get("choice") == whole.get("choice") for r in [*records["auto"], *records["auto_whole"]]),
+        "same_choice": all(r.get("choice") == record.get("choice") for r in records["auto"]),
         "evaluations": record.get("evaluations"),
         "held_out": record.get("held_out"),
         "groups": (record.get("plan") or {}).get("groups"),
         "searched_tensors": record.get("searched"),
         "sample_forwards": (record.get("cost") or {}).get("sample_forwards"),
         "nominal_passes": (record.get("cost") or {}).get("passes"),
-        "node_passes": (record.get("cost") or {}).get("node_passes"),
-        "partial_batches": (record.get("cost") or {}).get("partial_batches"),
+        "scoring_workers": (record.get("cost") or {}).get("scoring_workers"),
         "choice": _counts(record.get("choice") or {}),
     }
 
@@ -668,15 +654,13 @@ def render_cost(r: dict[str, Any]) -> str:
         row("quant calibrate --method entropy", r["entropy_s"], r["entropy_cpu_s"]),
         row("quant calibrate --method auto, total", r["auto_s"], r["auto_cpu_s"]),
         row("  of which the search (reference pass + evaluations)", r["search_s"], None),
-        row("auto re-running the whole model for every group, total", r["auto_whole_s"], r["auto_whole_cpu_s"]),
-        row("  of which the search", r["search_whole_s"], None),
     ]
     head = (
         f"ResNet-50, {r['samples']} samples, batch 8, fastest of {r['rounds']} round(s): {r['held_out']} held out, "
         f"{r['evaluations']} evaluations ({r['groups']} groups over {r['searched_tensors']} Q/DQ tensors), "
-        f"{r['sample_forwards']} sample forwards = {r['nominal_passes']}x nominal, {r['node_passes']}x counting a "
-        f"partial run by its share of the nodes ({r['partial_batches']} partial batches); chose {r['choice']} "
-        f"({'the same' if r['same_choice'] else 'NOT the same'} with whole-model re-runs); FP32 passes (wall, CPU s): "
+        f"{r['sample_forwards']} sample forwards = {r['nominal_passes']}x nominal, scored on "
+        f"{r['scoring_workers']} concurrent workers; chose {r['choice']} "
+        f"({'the same' if r['same_choice'] else 'NOT the same'} in every round); FP32 passes (wall, CPU s): "
         + ", ".join(f"{w:.1f}/{c:.1f}" for w, c in r["fp32_passes"])
     )
     return head + "\n\n" + format_table(["step", "wall s", "x FP32 pass", "CPU s", "x FP32 pass (CPU)"], rows)

@@ -163,6 +163,14 @@ def test_search_never_below_best_single_and_skips_identical_ranges() -> None:
     assert len(calls) == 2 + 1
 
 
+def test_a_candidate_with_an_earlier_ones_ranges_is_not_measured_again() -> None:
+    table = {"A": {"x": 1.0, "y": 5.0}, "B": {"x": 2.0, "y": 4.0}, "C": {"x": 1.0, "y": 5.0}}
+    score, calls = _quadratic({"x": 2.0, "y": 4.0})
+    found = search(table, ["x", "y"], score, plan=SearchPlan(10, 0, 1))
+    assert len(calls) == found.evaluations == 2  # C has A's ranges everywhere
+    assert found.scores["C"] == found.scores["A"] and found.best_single == "B"
+
+
 def test_auto_record_round_trips() -> None:
     rec = AutoRecord(
         choice={"a": "mse"},
@@ -452,3 +460,44 @@ def test_quant_run_falls_back_to_entropy_on_too_few_samples(tmp_path: Path, capl
     )
     assert out.calibration.result.method == "entropy" and out.calibration.auto is None
     assert any("needs at least 16 calibration samples" in r.getMessage() for r in caplog.records)
+
+
+def test_scoring_layout_shares_the_cpus_out_over_the_batches() -> None:
+    from quant.calibrators.auto import scoring_layout
+
+    assert scoring_layout(2, 2) == (2, 1)
+    assert scoring_layout(2, 1) == (1, 2)  # one batch: one session with every CPU
+    assert scoring_layout(16, 2) == (2, 8)
+    assert scoring_layout(16, 8) == (4, 4)  # at most MAX_SCORING_WORKERS at once
+    assert scoring_layout(1, 4) == (1, 1)
+
+
+def test_concurrent_scoring_gives_the_scores_of_one_worker() -> None:
+    """Batches scored at once on separate workers give bit for bit what one worker gives, in
+    feed order; a worker's error reaches the caller."""
+    from quant.calibrators.auto import BatchMap
+
+    model, stats, x = _cnn_and_stats()
+    table = candidate_ranges(stats)
+    feeds = [{"input": x[i : i + 4]} for i in range(0, 16, 4)]
+    got = []
+    for threads in (1, 2):
+        with OutputScorer(model, table["minmax"], feeds, threads=threads) as scorer:
+            assert scorer.workers == threads
+            amax = {t: float(table["entropy"][t]) for t in scorer.quantized}  # type: ignore[arg-type]
+            got.append(scorer.per_sample(amax))
+    (s1, n1, a1), (s2, n2, a2) = got
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(n1, n2)
+    assert (a1 is None) == (a2 is None)
+
+    def fail(i: int) -> int:
+        if i == 2:
+            raise CalibrationError("batch 2 failed")
+        return i
+
+    pool = BatchMap(2)
+    assert pool(lambda i: i * i, range(5)) == [0, 1, 4, 9, 16]
+    with pytest.raises(CalibrationError, match="batch 2"):
+        pool(fail, range(4))
+    pool.close()
