@@ -36,7 +36,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -610,7 +610,8 @@ def split_held_out(num_samples: int, held_out: int, *, seed: int) -> tuple[np.nd
 class SubsetDataset:
     """The samples of ``dataset`` at ``positions`` (positions in its iteration order), re-batched.
 
-    Reads the whole data set on each pass and keeps the selected samples (copies, never views).
+    Reads the whole data set on each pass and keeps the selected samples (regrouped by
+    :func:`quant.datasets.base.partition_batches`: copies, or a batch of the dataset selected whole).
     ``fingerprint()`` is the parent's plus the positions, so statistics made from a subset are
     never taken for the whole set's."""
 
@@ -632,43 +633,12 @@ class SubsetDataset:
         return int(self._pos.shape[0])
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
-        from quant.datasets.base import Batch
+        from quant.datasets.base import partition_batches
 
-        wanted = np.zeros(0, dtype=bool)
-        if self._pos.size:
-            wanted = np.zeros(int(self._pos[-1]) + 1, dtype=bool)
-            wanted[self._pos] = True
-        feeds: dict[str, list[np.ndarray]] = {}
-        labels: list[np.ndarray] = []
-        pending = 0
-        offset = 0
-        for batch in self._full.batches(batch_size):
-            size = batch.size
-            pos = np.arange(offset, offset + size)
-            offset += size
-            idx = np.flatnonzero(wanted[pos[pos < wanted.size]]) if wanted.size else np.zeros(0, np.int64)
-            if idx.size == 0:
-                continue
-            for k, v in batch.feed.items():
-                feeds.setdefault(k, []).append(v[idx])  # fancy indexing copies
-            if batch.labels is not None:
-                labels.append(batch.labels[idx])
-            pending += int(idx.size)
-            while pending >= batch_size:
-                cat = {k: np.concatenate(v, axis=0) for k, v in feeds.items()}
-                lab = np.concatenate(labels) if labels else None
-                yield Batch(
-                    feed={k: v[:batch_size].copy() for k, v in cat.items()},
-                    labels=None if lab is None else lab[:batch_size].copy(),
-                )
-                feeds = {k: [v[batch_size:].copy()] for k, v in cat.items()}
-                labels = [] if lab is None else [lab[batch_size:].copy()]
-                pending -= batch_size
-        if pending:
-            yield Batch(
-                feed={k: np.concatenate(v, axis=0) for k, v in feeds.items()},
-                labels=np.concatenate(labels) if labels else None,
-            )
+        part_of = np.full(int(self._pos[-1]) + 1 if self._pos.size else 0, -1, dtype=np.int64)
+        part_of[self._pos] = 0
+        for _part, batch in partition_batches(iter(self._full.batches(batch_size)), part_of, 1, batch_size):
+            yield batch
 
     def fingerprint(self) -> str:
         if self._fp is None:
@@ -886,18 +856,18 @@ def collect_feeds(dataset: Dataset, batch_size: int) -> list[dict[str, np.ndarra
 def score_and_search(
     clean: onnx.ModelProto,
     stats: Sequence[Mapping[str, TensorStats]],
-    scoring: Sequence[Dataset] | Sequence[list[dict[str, np.ndarray]]],
+    scoring: Sequence[Sequence[Mapping[str, np.ndarray]]],
     *,
     budget: float = DEFAULT_BUDGET,
     seed: int = 0,
-    batch_size: int = 8,
     calibration_samples: int,
     statistics_samples: int,
     scoring_data: str = "held-out",
     threads: int | None = None,
 ) -> AutoRecord:
-    """Score the candidates and search per tensor: fold ``k``'s samples (``scoring[k]``) are
-    scored with the ranges of ``stats[k]`` (statistics without them); exact arithmetic."""
+    """Score the candidates and search per tensor: fold ``k``'s batches (``scoring[k]``, feeds
+    in memory: :func:`collect_feeds`) are scored with the ranges of ``stats[k]`` (statistics
+    without them); exact arithmetic."""
     import time
 
     if len(stats) != len(scoring) or not stats:
@@ -909,10 +879,8 @@ def score_and_search(
     }
     feeds: list[dict[str, np.ndarray]] = []
     folds: list[int] = []
-    for k, ds in enumerate(scoring):
-        # a fold's feeds already in memory (auto_calibrate keeps them from its one pass) or a dataset
-        part = [dict(f) for f in ds] if isinstance(ds, list) else collect_feeds(cast("Dataset", ds), batch_size)
-        feeds.extend(part)
+    for k, part in enumerate(scoring):
+        feeds.extend(dict(f) for f in part)
         folds.extend([k] * len(part))
     base = {t: v[0] for t, v in table["minmax"].items()}
     with OutputScorer(clean, base, feeds, threads=threads, folds=folds) as scorer:
@@ -988,7 +956,7 @@ def auto_calibrate(
 
     fold_stats = [merged(k).stats() for k in range(nfolds)]
     record = score_and_search(
-        clean, fold_stats, parts, budget=budget, seed=seed, batch_size=batch_size, calibration_samples=total,
+        clean, fold_stats, parts, budget=budget, seed=seed, calibration_samples=total,
         statistics_samples=total - scored // nfolds,
     )
     everything = merged(None)

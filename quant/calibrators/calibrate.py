@@ -168,58 +168,6 @@ class _PartBatch:
         return int(self.batch.size)
 
 
-def _route(
-    batches: Iterator[Any], part_of: np.ndarray, nparts: int, batch_size: int, keep: frozenset[int], kept: dict[int, list[Any]]
-) -> Iterator[_PartBatch]:
-    """The samples of ``batches`` (the dataset read once) regrouped by part into batches of
-    ``batch_size`` (each part's last one may be smaller), each sample in its part's data order;
-    batches of the parts in ``keep`` are also appended to ``kept``. ``part_of[i]`` is sample
-    ``i``'s part (-1: none); samples past its end belong to no part."""
-    from quant.datasets.base import Batch
-
-    pending: list[list[Any]] = [[] for _ in range(nparts)]  # per part: (feed, labels) slices
-    count = [0] * nparts
-    offset = 0
-
-    def emit(k: int, rows: int) -> _PartBatch:
-        feeds = [f for f, _ in pending[k]]
-        labels = [lab for _, lab in pending[k]]
-        cat = {name: np.concatenate([f[name] for f in feeds], axis=0) for name in feeds[0]}
-        lab = np.concatenate(labels) if labels and labels[0] is not None else None
-        out = Batch(feed={n: v[:rows].copy() for n, v in cat.items()}, labels=None if lab is None else lab[:rows].copy())
-        rest = {n: v[rows:] for n, v in cat.items()}
-        pending[k] = [(rest, None if lab is None else lab[rows:])] if count[k] > rows else []
-        count[k] -= rows
-        if k in keep:
-            kept.setdefault(k, []).append(out)
-        return _PartBatch(k, out)
-
-    for batch in batches:
-        size = batch.size
-        pos = np.arange(offset, offset + size)
-        offset += size
-        inside = pos < part_of.size
-        parts = np.full(size, -1, dtype=np.int64)
-        parts[inside] = part_of[pos[inside]]
-        for k in range(nparts):
-            idx = np.flatnonzero(parts == k)
-            if idx.size == 0:
-                continue
-            if idx.size == size and not pending[k] and size == batch_size:
-                if k in keep:
-                    kept.setdefault(k, []).append(batch)
-                yield _PartBatch(k, batch)  # a whole batch of one part: no copy
-                continue
-            pending[k].append(({n: v[idx] for n, v in batch.feed.items()},  # fancy indexing copies
-                               None if batch.labels is None else batch.labels[idx]))
-            count[k] += int(idx.size)
-            while count[k] >= batch_size:
-                yield emit(k, batch_size)
-    for k in range(nparts):
-        if count[k]:
-            yield emit(k, count[k])
-
-
 def collect_partitioned_statistics(
     model: onnx.ModelProto,
     dataset: Dataset,
@@ -242,6 +190,7 @@ def collect_partitioned_statistics(
     from tqdm import tqdm
 
     from quant.backends.onnxruntime import check_feed
+    from quant.datasets.base import partition_batches
     from quant.graph.load import input_specs
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -300,10 +249,16 @@ def collect_partitioned_statistics(
                     acc[t].update(value.numpy(), batch_index=index, scratch=scratch)
 
         source = iter(dataset.batches(batch_size))
+
+        def routed(keep: frozenset[int]) -> Iterator[_PartBatch]:
+            assert part_of is not None
+            for k, b in partition_batches(source, part_of, nparts, batch_size):
+                if k in keep:  # in data order: the workers take batches under a lock
+                    kept.setdefault(k, []).append(b)
+                yield _PartBatch(k, b)
+
         items: Iterator[_PartBatch] = (
-            (_PartBatch(0, b) for b in source) if part_of is None
-            else _route(source, part_of, nparts, batch_size, frozenset(keep), kept)
-        )
+            (_PartBatch(0, b) for b in source) if part_of is None else routed(frozenset(keep)))
         try:
             seen = _run_workers(items, shares, reduce, bar)  # type: ignore[arg-type]
         finally:

@@ -277,10 +277,16 @@ def _auto_search(
     scoring_data: str,
 ) -> tuple[dict[str, float | None], AutoRecord]:
     """Score the candidates on ``scoring`` and search per tensor (quant.calibrators.auto)."""
-    from quant.calibrators.auto import CANDIDATES, candidate_ranges, choose_amax, score_and_search
+    from quant.calibrators.auto import (
+        CANDIDATES,
+        candidate_ranges,
+        choose_amax,
+        collect_feeds,
+        score_and_search,
+    )
 
     record = score_and_search(
-        prepared.clean, [stats], [scoring], budget=config.budget, seed=config.seed, batch_size=batch_size,
+        prepared.clean, [stats], [collect_feeds(scoring, batch_size)], budget=config.budget, seed=config.seed,
         calibration_samples=calibration_samples, statistics_samples=calibration_samples, scoring_data=scoring_data,
     )
     return choose_amax(candidate_ranges(stats, CANDIDATES), record.choice, record.best_single), record
