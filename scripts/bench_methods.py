@@ -574,12 +574,15 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
+def cost(samples: int, work: Path, *, rounds: int = 1, plain_scoring: bool = False) -> dict[str, Any]:
     """Wall and CPU seconds of each step, in ``rounds`` rounds of: FP32 pass, entropy, FP32 pass,
-    auto, FP32 pass. Each step's figure is its fastest round, and the unit is the fastest FP32
-    pass (the machine may be shared: the smallest is the run with the least interference)."""
+    auto, FP32 pass (and with ``plain_scoring``: auto scoring on ORT's plain Q/DQ session, without
+    the blocked rewrite of quant.calibrators.blocked.blocked_qdq_model, then an FP32 pass). Each
+    step's figure is its fastest round, and the unit is the fastest FP32 pass (the machine may be
+    shared: the smallest is the run with the least interference)."""
     from quant import api
     from quant.backends.onnxruntime import OrtRunner
+    from quant.calibrators import auto as auto_mod
     from quant.config import CalibrationOptions, DataOptions
 
     model = resnet50()
@@ -590,13 +593,17 @@ def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
     data = DataOptions(str(work / "calib.npz"), batch_size=8)
     name = model.graph.input[0].name
     passes: list[tuple[float, float]] = []
-    steps: dict[str, list[tuple[float, float]]] = {"entropy": [], "auto": []}
-    records: dict[str, list[dict[str, Any]]] = {"auto": []}
+    steps: dict[str, list[tuple[float, float]]] = {"entropy": [], "auto": [], **({"auto_plain": []} if plain_scoring else {})}
+    records: dict[str, list[dict[str, Any]]] = {"auto": [], "auto_plain": []}
 
     def calibrate(method: str, key: str) -> None:
         t = _clock()
-        out = api.calibrate(path, data, cache=work / f"{key}.cache", options=CalibrationOptions(method=method),
-                            force=True)
+        auto_mod.BLOCKED_SCORING = key != "auto_plain"
+        try:
+            out = api.calibrate(path, data, cache=work / f"{key}.cache", options=CalibrationOptions(method=method),
+                                force=True)
+        finally:
+            auto_mod.BLOCKED_SCORING = True
         steps[key].append(_since(t))
         if key in records:
             records[key].append(out.auto or {})
@@ -616,6 +623,9 @@ def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
             fp32_pass()
             calibrate("auto", "auto")
             fp32_pass()
+            if plain_scoring:
+                calibrate("auto", "auto_plain")
+                fp32_pass()
     record = records["auto"][0]
     best = {k: (min(v[0] for v in vals), min(v[1] for v in vals)) for k, vals in steps.items()}
     return {
@@ -630,7 +640,12 @@ def cost(samples: int, work: Path, *, rounds: int = 1) -> dict[str, Any]:
         "auto_s": best["auto"][0],
         "auto_cpu_s": best["auto"][1],
         "search_s": min(r.get("seconds") or math.inf for r in records["auto"]),
-        "same_choice": all(r.get("choice") == record.get("choice") for r in records["auto"]),
+        "same_choice": all(r.get("choice") == record.get("choice") for r in [*records["auto"], *records["auto_plain"]]),
+        "auto_plain_s": best["auto_plain"][0] if plain_scoring else None,
+        "auto_plain_cpu_s": best["auto_plain"][1] if plain_scoring else None,
+        "search_plain_s": min((r.get("seconds") or math.inf for r in records["auto_plain"]), default=None),
+        "same_scores": all(r.get("scores") == record.get("scores") for r in [*records["auto"], *records["auto_plain"]]),
+        "scoring_layout": (record.get("cost") or {}).get("scoring_layout"),
         "evaluations": record.get("evaluations"),
         "held_out": record.get("held_out"),
         "groups": (record.get("plan") or {}).get("groups"),
@@ -655,12 +670,19 @@ def render_cost(r: dict[str, Any]) -> str:
         row("quant calibrate --method auto, total", r["auto_s"], r["auto_cpu_s"]),
         row("  of which the search (reference pass + evaluations)", r["search_s"], None),
     ]
+    if r.get("auto_plain_s") is not None:
+        rows += [
+            row("quant calibrate --method auto, plain Q/DQ session", r["auto_plain_s"], r["auto_plain_cpu_s"]),
+            row("  of which the search", r["search_plain_s"], None),
+        ]
     head = (
         f"ResNet-50, {r['samples']} samples, batch 8, fastest of {r['rounds']} round(s): {r['held_out']} held out, "
         f"{r['evaluations']} evaluations ({r['groups']} groups over {r['searched_tensors']} Q/DQ tensors), "
         f"{r['sample_forwards']} sample forwards = {r['nominal_passes']}x nominal, scored on "
-        f"{r['scoring_workers']} concurrent workers; chose {r['choice']} "
-        f"({'the same' if r['same_choice'] else 'NOT the same'} in every round); FP32 passes (wall, CPU s): "
+        f"{r['scoring_workers']} concurrent workers, Q/DQ session {r.get('scoring_layout')}; chose {r['choice']} "
+        f"({'the same' if r['same_choice'] else 'NOT the same'} in every round"
+        f"{'' if r.get('auto_plain_s') is None else ', plain session included'}; scores "
+        f"{'identical' if r.get('same_scores') else 'NOT identical'}); FP32 passes (wall, CPU s): "
         + ", ".join(f"{w:.1f}/{c:.1f}" for w, c in r["fp32_passes"])
     )
     return head + "\n\n" + format_table(["step", "wall s", "x FP32 pass", "CPU s", "x FP32 pass (CPU)"], rows)
@@ -684,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     k = sub.add_parser("cost", help="auto's cost on ResNet-50")
     k.add_argument("--samples", type=int, default=128)
     k.add_argument("--rounds", type=int, default=1, help="repeat every step this often; each figure is its fastest")
+    k.add_argument("--plain-scoring", action="store_true",
+                   help="also time auto scoring on ORT's plain Q/DQ session (BLOCKED_SCORING off), side by side")
     k.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     cpu = cpu_info()
@@ -717,7 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(render_compare(results[-1:]), flush=True)
             payload = {"cpu": cpu, "results": results}
         else:
-            payload = {"cpu": cpu, **cost(args.samples, work, rounds=args.rounds)}
+            payload = {"cpu": cpu, **cost(args.samples, work, rounds=args.rounds, plain_scoring=args.plain_scoring)}
             print(render_cost(payload))
     if args.json:
         args.json.write_text(json.dumps(payload, indent=1, default=str))

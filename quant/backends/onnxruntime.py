@@ -298,15 +298,18 @@ def save_optimized(
     name: str,
     initializers: Mapping[str, np.ndarray] | None = None,
     external_weights: str | None = None,
+    session_config: Mapping[str, str] | None = None,
 ) -> None:
     """Write ONNX Runtime's optimized form of the serialized ``model`` to ``path``: every graph
     optimization for the CPU provider, including the layout ones (NCHWc) that depend on this
     machine's CPU, so the file is for this machine only. ``initializers`` replace the model's
     initializers of those names that are stubs with external data (ORT copies them in before it
     optimizes). ``external_weights``: a file name next to ``path`` where ORT writes the initializers
-    of 1 KiB or more (external data), instead of inline. The session is only built, never run
-    (weight pre-packing is off: it is thrown away at once). ModelError naming ``name`` if ORT
-    refuses the model."""
+    of 1 KiB or more (external data), instead of inline. ``session_config``: ORT session
+    configuration entries for the optimization (e.g. :data:`EXACT_INT8_SESSION_CONFIG`, which keeps
+    a Q/DQ model's QuantizeLinear and DequantizeLinear nodes apart). The session is only built,
+    never run (weight pre-packing is off: it is thrown away at once). ModelError naming ``name`` if
+    ORT refuses the model."""
     ort = _import_ort()
     options = ort.SessionOptions()
     options.log_severity_level = 4  # also silences ORT's warning that the file is machine-specific
@@ -315,6 +318,8 @@ def save_optimized(
     options.inter_op_num_threads = 1
     options.optimized_model_filepath = str(path)
     options.add_session_config_entry("session.disable_prepacking", "1")
+    for key, value in (session_config or {}).items():
+        options.add_session_config_entry(str(key), str(value))
     if external_weights is not None:
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", external_weights)
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")

@@ -42,7 +42,7 @@ import numpy as np
 
 from quant.calibrators.methods import CalibConfig, compute_amax
 from quant.calibrators.stats import DEFAULT_NUM_BINS, TensorStats
-from quant.errors import CacheError, CalibrationError, UsageError
+from quant.errors import CacheError, CalibrationError, ModelError, UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -86,6 +86,11 @@ SCORE_RULE = "pooled"
 #: At most this many scoring batches run at once (each on its own thread, the CPUs shared out as
 #: ONNX Runtime intra-op threads); see :func:`scoring_layout`.
 MAX_SCORING_WORKERS = 4
+#: Score with ORT's optimized Q/DQ graph rewritten so that QuantizeLinear, DequantizeLinear, Relu
+#: and the residual Add run on the blocked (NCHWc) tensors, without the reorders ORT wraps them in
+#: (:func:`quant.calibrators.blocked.blocked_qdq_model`; the same outputs bit for bit). A module
+#: constant so that the benchmark and the tests can compare with the plain session.
+BLOCKED_SCORING = True
 #: Seeded random halvings :func:`choose_rule` judges the rules on.
 RULE_HALVINGS = 200
 #: A per-sample SQNR is clipped to +-this (dB), so that one exact or all-zero sample does not
@@ -712,24 +717,61 @@ class OutputScorer:
         threads: int | None = None,
         folds: Sequence[int] | None = None,
     ) -> None:
-        from quant.backends.onnxruntime import OrtRunner
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
 
         if not feeds:
             raise CalibrationError("auto calibration has no held-out samples to score with")
-        self.sim = scale_input_model(clean, base_amax)
         self.feeds = [dict(f) for f in feeds]
         self.samples = sum(int(next(iter(f.values())).shape[0]) for f in self.feeds)
         workers, intra = scoring_layout(threads, len(self.feeds))
         self._map = BatchMap(workers)
-        with OrtRunner(clean, threads=intra, name="fp32 reference") as ref:
-            self.outputs = list(ref.output_names())
-            self.reference = self._map(ref.infer, self.feeds)
-        self._runner = OrtRunner(self.sim.model, threads=intra, int8="exact", name="auto calibration scorer")
+        try:
+            # The FP32 reference runs while this thread builds the Q/DQ model and its session
+            # (Python and ORT's graph optimization: one core, about a second on ResNet-50).
+            with ThreadPoolExecutor(1, thread_name_prefix="quant-auto-reference") as pool:
+                pending = pool.submit(self._reference, clean, intra)
+                self.sim = scale_input_model(clean, base_amax)
+                self._runner, self.layout = _scoring_runner(self.sim.model, intra)
+                self._intra, self._switch = intra, threading.Lock()
+                self._retired: list[Any] = []  # blocked sessions replaced after a run-time failure
+                try:
+                    self.outputs, self.reference = pending.result()
+                except BaseException:
+                    self._runner.close()
+                    raise
+        except BaseException:
+            self._map.close()
+            raise
         self._classifier = _classifier_outputs(self.reference[0])
         self.forwards = self.samples  # sample forward passes spent (the reference pass)
         self.folds = list(folds) if folds is not None else [0] * len(self.feeds)
         if len(self.folds) != len(self.feeds):
             raise UsageError("auto calibration: one fold index per scoring batch")
+
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One scoring batch. Should ORT fail to run the blocked graph (a rewrite it does not
+        accept at run time), scoring goes on with the plain Q/DQ session, which computes the same
+        values; an error of the plain session is the model's own and propagates."""
+        runner = self._runner
+        try:
+            return runner.infer(feed)
+        except ModelError as exc:
+            if not self.layout.startswith("blocked"):
+                raise
+            with self._switch:
+                if self._runner is runner:  # the first batch to fail switches, the others follow
+                    log.warning("auto: the blocked Q/DQ graph failed in ONNX Runtime (%s); scoring with the plain one", exc)
+                    self._runner = _scoring_runner(self.sim.model, self._intra, blocked=False)[0]
+                    self._retired.append(runner)  # other workers may still be inside it
+                    self.layout = "plain (the blocked graph failed)"
+            return self._runner.infer(feed)
+
+    def _reference(self, clean: onnx.ModelProto, threads: int) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+        from quant.backends.onnxruntime import OrtRunner
+
+        with OrtRunner(clean, threads=threads, name="fp32 reference") as ref:
+            return list(ref.output_names()), self._map(ref.infer, self.feeds)
 
     @property
     def quantized(self) -> tuple[str, ...]:
@@ -743,6 +785,9 @@ class OutputScorer:
     def close(self) -> None:
         self._map.close()
         self._runner.close()
+        for runner in self._retired:
+            runner.close()
+        self._retired.clear()
 
     def __enter__(self) -> OutputScorer:
         return self
@@ -766,7 +811,7 @@ class OutputScorer:
         output (columns, :attr:`outputs` order), sum(ref^2) and sum(err^2)."""
         by_fold = {k: self._scales(amax, k) for k in sorted(set(self.folds))}
         scales = [by_fold[fold] for fold in self.folds]
-        outs = self._map(lambda fs: self._runner.infer({**fs[0], **fs[1]}), zip(self.feeds, scales, strict=True))
+        outs = self._map(lambda fs: self._infer({**fs[0], **fs[1]}), zip(self.feeds, scales, strict=True))
         signal: list[np.ndarray] = []
         noise: list[np.ndarray] = []
         agree: list[np.ndarray] = []
@@ -794,6 +839,27 @@ class OutputScorer:
         sqnr = min(_sqnr(float(sig[j]), float(err[j])) for j in range(len(self.outputs)))
         return Score(sqnr_db=sqnr, agreement=None if agree is None else 100.0 * float(np.mean(agree)),
                      sample_db=_mean_sample_db(signal, noise), parts=(signal, noise))
+
+
+def _scoring_runner(sim: onnx.ModelProto, threads: int, *, blocked: bool | None = None) -> tuple[Any, str]:
+    """The scorer's session of the scale-input Q/DQ model, and its layout ("blocked (R of T
+    reorders removed)" or "plain"): see :data:`BLOCKED_SCORING` (``blocked``: None follows it)."""
+    from quant.backends.onnxruntime import OrtRunner
+    from quant.calibrators.blocked import blocked_qdq_model
+
+    name = "auto calibration scorer"
+    if blocked is None:
+        blocked = BLOCKED_SCORING
+    rewritten = blocked_qdq_model(sim, name=name) if blocked else None
+    if rewritten is not None:
+        try:  # ORT optimized this graph already
+            runner = OrtRunner(rewritten.model, threads=threads, int8="exact", name=name, optimization="none",
+                               initializers=rewritten.weights)
+        except ModelError as exc:
+            log.debug("auto: ORT refused the blocked Q/DQ graph (%s); scoring with the plain one", exc)
+        else:
+            return runner, f"blocked ({rewritten.removed} of {rewritten.reorders} reorders removed)"
+    return OrtRunner(sim, threads=threads, int8="exact", name=name), "plain"
 
 
 def scoring_layout(threads: int | None, batches: int) -> tuple[int, int]:
@@ -895,6 +961,7 @@ def score_and_search(
         found = search(table, searched, scorer, plan=plan, seed=seed)
         forwards = scorer.forwards
         workers = scorer.workers
+        layout = scorer.layout
         held = scorer.samples
     return AutoRecord.from_search(
         found, stats[0], plan=plan, held_out=held, statistics_samples=statistics_samples, seed=seed,
@@ -904,6 +971,7 @@ def score_and_search(
             "calibration_samples": calibration_samples,
             "passes": round(forwards / calibration_samples, 3),
             "scoring_workers": workers,
+            "scoring_layout": layout,
             "folds": len(stats),
         },
     )

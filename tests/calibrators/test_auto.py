@@ -501,3 +501,34 @@ def test_concurrent_scoring_gives_the_scores_of_one_worker() -> None:
     with pytest.raises(CalibrationError, match="batch 2"):
         pool(fail, range(4))
     pool.close()
+
+
+def test_the_scorer_reports_a_failure_of_the_reference_or_of_the_qdq_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FP32 reference runs beside the building of the Q/DQ model: an error of either reaches
+    the caller, and nothing is left running."""
+    import threading
+
+    from quant.calibrators import auto
+
+    model, stats, x = _cnn_and_stats()
+    table = candidate_ranges(stats)
+    feeds = [{"input": x[:8]}]
+
+    def no_reference(self: object, clean: object, threads: int) -> None:
+        raise CalibrationError("reference failed")
+
+    def no_model(clean: object, amax: object) -> None:
+        raise CalibrationError("Q/DQ model failed")
+
+    before = threading.active_count()
+    with monkeypatch.context() as m:
+        m.setattr(auto.OutputScorer, "_reference", no_reference)
+        with pytest.raises(CalibrationError, match="reference failed"):
+            OutputScorer(model, table["minmax"], feeds)
+    with monkeypatch.context() as m:
+        m.setattr(auto, "scale_input_model", no_model)
+        with pytest.raises(CalibrationError, match="Q/DQ model failed"):
+            OutputScorer(model, table["minmax"], feeds)
+    assert threading.active_count() == before
+    with OutputScorer(model, table["minmax"], feeds) as scorer:  # and it works without the patches
+        assert scorer.reference and scorer.outputs

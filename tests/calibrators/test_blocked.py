@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import importlib
 import platform
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from calib_fixtures import ArrayDataset
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from quant.calibrators import blocked as blocked_mod
-from quant.calibrators.blocked import blocked_graph
+from quant.calibrators.blocked import blocked_graph, blocked_qdq_model
 from quant.errors import CalibrationError, ModelError
 from quant.graph.cleanup import cleanup
 from quant.graph.qdq import calibration_tensors
@@ -230,3 +232,186 @@ def test_weights_that_do_not_fit_orts_file_are_refused(tmp_path: Path) -> None:
     stub.external_data[1].value = "8"  # 8 + 24 bytes > the file's 24
     with pytest.raises(ValueError, match="'w' does not fit"):
         blocked_mod._map_weights(graph, path)
+
+
+# --- the scorer's Q/DQ graph (quant.calibrators.blocked.blocked_qdq_model) -----------------------
+
+
+def _qdq(model: onnx.ModelProto) -> Any:
+    """The auto scorer's Q/DQ model of ``model`` (activation scales as graph inputs)."""
+    from quant.calibrators.auto import scale_input_model
+
+    return scale_input_model(model, {t: 4.0 for t in calibration_tensors(model, "qdq")})
+
+
+@needs_nchwc
+@pytest.mark.parametrize("head", [False, True])
+def test_blocked_qdq_graph_computes_the_same_bits(head: bool) -> None:
+    """Q/DQ, Relu and the residual Add moved onto ORT's blocked tensors: fewer reorders, and every
+    output identical to the plain session's, bit for bit, for any scales."""
+    from quant.backends.onnxruntime import OrtRunner
+
+    model = _with_head(_model(16)) if head else _model(16)
+    sim = _qdq(model)
+    got = blocked_qdq_model(sim.model, name="m")
+    assert got is not None and 3 <= got.removed <= got.reorders
+    ops = Counter(n.op_type for n in got.model.graph.node)
+    assert ops["ReorderInput"] + ops["ReorderOutput"] == got.reorders - got.removed
+    assert ops["QuantizeLinear"] == len(sim.quantized)  # each activation still quantized once
+    rng = np.random.default_rng(11)
+    with (
+        OrtRunner(sim.model, int8="exact", threads=1) as plain,
+        OrtRunner(got.model, int8="exact", threads=1, optimization="none", initializers=got.weights) as fast,
+    ):
+        for _ in range(3):
+            feed = {"input": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)}
+            feed.update({n: np.array(np.float32(rng.uniform(0.2, 6.0) / 127)) for n in sim.scale_inputs.values()})
+            want, out = plain.infer(feed), fast.infer(feed)
+            assert set(out) == set(want)
+            for name in want:
+                np.testing.assert_array_equal(out[name], want[name])
+
+
+@needs_nchwc
+def test_blocked_qdq_graph_leaves_padded_channels_alone() -> None:
+    """24 channels are padded to 32 with AVX-512's block: nothing is moved, the plain graph stays."""
+    assert blocked_qdq_model(_qdq(_model(24)).model, name="m") is None
+
+
+def test_blocked_qdq_graph_needs_orts_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blocked_mod, "_worth_trying", lambda model: False)
+    assert blocked_qdq_model(_qdq(_model(16)).model, name="m") is None
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ModelError("ORT refused")
+
+    monkeypatch.setattr(blocked_mod, "_worth_trying", lambda model: True)
+    monkeypatch.setattr("quant.backends.onnxruntime.save_optimized", refuse)
+    assert blocked_qdq_model(_qdq(_model(16)).model, name="m") is None
+
+
+def _nchwc(op: str, inputs: list[str], output: str, **attrs: int) -> onnx.NodeProto:
+    return helper.make_node(op, inputs, [output], domain=blocked_mod.NCHWC_DOMAIN, **attrs)
+
+
+def _elementwise_graph(*, y_shape: tuple[int, ...], scale_shape: list[int], channels: int = 16,
+                       channels_last: int = 0) -> onnx.GraphProto:
+    """xb, yb (blocked) -> ReorderOutput -> x, y -> Add -> Q -> DQ -> ReorderInput -> Conv."""
+    from onnx import TensorProto
+
+    c = channels
+    nodes = [
+        _nchwc("ReorderOutput", ["xb"], "x", channels=c, channels_last=channels_last),
+        _nchwc("ReorderOutput", ["yb"], "y", channels=c),
+        helper.make_node("Add", ["x", "y"], ["z"]),
+        helper.make_node("QuantizeLinear", ["z", "s", "zp"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["d"]),
+        _nchwc("ReorderInput", ["d"], "db"),
+        _nchwc("Conv", ["db", "w"], "out"),
+    ]
+    shape = ["N", c, 4, 4]
+    return helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("xb", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("yb", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, scale_shape)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.zeros((c, c, 1, 1), np.float32), "w"),
+         numpy_helper.from_array(np.array(0, np.int8), "zp")],
+        value_info=[helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+                    helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *y_shape[1:]])],
+    )
+
+
+def test_elementwise_nodes_move_onto_blocked_tensors() -> None:
+    graph = _elementwise_graph(y_shape=("N", 16, 4, 4), scale_shape=[])
+    assert blocked_mod._bypass_reorders(graph, blocked_mod._static_shapes(graph)) == 3
+    ops = [(n.op_type, list(n.input)) for n in graph.node]
+    assert ops == [("Add", ["xb", "yb"]), ("QuantizeLinear", ["z__nchwc", "s", "zp"]),
+                   ("DequantizeLinear", ["q__nchwc", "s", "zp"]), ("Conv", ["d__nchwc", "w"])]
+
+
+@pytest.mark.parametrize(
+    "kwargs, removed",
+    [
+        ({"y_shape": ("N", 16, 1, 1), "scale_shape": []}, 0),  # a broadcasting Add pairs other elements
+        ({"y_shape": ("N", 16, 4, 4), "scale_shape": [], "channels": 24}, 0),  # padding channels
+        ({"y_shape": ("N", 16, 4, 4), "scale_shape": [], "channels_last": 1}, 0),  # not NCHWc
+    ],
+)
+def test_elementwise_nodes_stay_where_the_blocked_order_would_change_them(kwargs: dict, removed: int) -> None:
+    graph = _elementwise_graph(**kwargs)
+    before = [(n.op_type, list(n.input)) for n in graph.node]
+    assert blocked_mod._bypass_reorders(graph, blocked_mod._static_shapes(graph)) == removed
+    assert [(n.op_type, list(n.input)) for n in graph.node] == before
+
+
+def test_a_per_channel_quantizer_stays_on_nchw() -> None:
+    """A per-channel scale follows the channel axis: that QuantizeLinear and what follows keep their
+    NCHW input (the Add before them still moves, its result reordered once)."""
+    graph = _elementwise_graph(y_shape=("N", 16, 4, 4), scale_shape=[16])
+    assert blocked_mod._bypass_reorders(graph, blocked_mod._static_shapes(graph)) == 1  # 2 reorders in -> 1
+    ops = [(n.op_type, list(n.input)) for n in graph.node]
+    assert ops == [("Add", ["xb", "yb"]), ("ReorderOutput", ["z__nchwc"]), ("QuantizeLinear", ["z", "s", "zp"]),
+                   ("DequantizeLinear", ["q", "s", "zp"]), ("ReorderInput", ["d"]), ("Conv", ["db", "w"])]
+
+
+@needs_nchwc
+def test_the_auto_scorer_scores_on_the_blocked_graph_as_on_the_plain_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OutputScorer takes the blocked Q/DQ graph where ORT reorders, and its per-sample signal and
+    error are those of the plain session, bit for bit; a blocked graph ORT refuses falls back."""
+    from quant.calibrators import auto
+
+    model = _with_head(_model(16))
+    x = np.random.default_rng(4).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    feeds = [{"input": x[:4]}, {"input": x[4:]}]
+    tensors = calibration_tensors(model, "qdq")
+    base = {t: 4.0 for t in tensors}
+    trial = {t: 1.0 + 0.5 * i for i, t in enumerate(tensors)}
+    got = {}
+    for blocked in (True, False):
+        monkeypatch.setattr(auto, "BLOCKED_SCORING", blocked)
+        with auto.OutputScorer(model, base, feeds, threads=1) as scorer:
+            assert scorer.layout.startswith("blocked (") if blocked else scorer.layout == "plain"
+            got[blocked] = scorer.per_sample({t: trial[t] for t in scorer.quantized})
+    for a, b in zip(got[True][:2], got[False][:2], strict=True):
+        np.testing.assert_array_equal(a, b)
+    broken = blocked_qdq_model(_qdq(model).model, name="m")
+    assert broken is not None
+    del broken.model.graph.node[0].input[:]  # ORT refuses a node without its inputs
+    monkeypatch.setattr(auto, "BLOCKED_SCORING", True)
+    monkeypatch.setattr("quant.calibrators.blocked.blocked_qdq_model", lambda model, name: broken)
+    with auto.OutputScorer(model, base, feeds, threads=1) as scorer:
+        assert scorer.layout == "plain"
+        signal, noise, _ = scorer.per_sample({t: trial[t] for t in scorer.quantized})
+    np.testing.assert_array_equal(signal, got[False][0])
+    np.testing.assert_array_equal(noise, got[False][1])
+
+
+@needs_nchwc
+def test_a_blocked_graph_failing_at_run_time_hands_over_to_the_plain_session(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from quant.calibrators import auto
+
+    model = _with_head(_model(16))
+    x = np.random.default_rng(4).standard_normal((8, 3, 8, 8)).astype(np.float32)
+    feeds = [{"input": x[:4]}, {"input": x[4:]}]
+    base = {t: 4.0 for t in calibration_tensors(model, "qdq")}
+    monkeypatch.setattr(auto, "BLOCKED_SCORING", False)
+    with auto.OutputScorer(model, base, feeds, threads=2) as scorer:
+        want = scorer.per_sample({t: 2.0 for t in scorer.quantized})
+    monkeypatch.setattr(auto, "BLOCKED_SCORING", True)
+    with auto.OutputScorer(model, base, feeds, threads=2) as scorer:
+        assert scorer.layout.startswith("blocked")
+
+        def broken(feed: object) -> None:
+            raise ModelError("model 'auto calibration scorer' failed in ONNX Runtime: shape mismatch")
+
+        monkeypatch.setattr(scorer._runner, "infer", broken)
+        with caplog.at_level("WARNING", logger="quant.calibrators.auto"):
+            got = scorer.per_sample({t: 2.0 for t in scorer.quantized})
+        assert scorer.layout == "plain (the blocked graph failed)"
+        assert "blocked Q/DQ graph failed" in caplog.text and len(scorer._retired) == 1
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
