@@ -86,10 +86,11 @@ SCORE_RULE = "pooled"
 #: At most this many scoring batches run at once (each on its own thread, the CPUs shared out as
 #: ONNX Runtime intra-op threads); see :func:`scoring_layout`.
 MAX_SCORING_WORKERS = 4
-#: Score with ORT's optimized Q/DQ graph rewritten so that QuantizeLinear, DequantizeLinear, Relu
-#: and the residual Add run on the blocked (NCHWc) tensors, without the reorders ORT wraps them in
-#: (:func:`quant.calibrators.blocked.blocked_qdq_model`; the same outputs bit for bit). A module
-#: constant so that the benchmark and the tests can compare with the plain session.
+#: Score with ORT's optimized Q/DQ graph rewritten so that QuantizeLinear, DequantizeLinear, the
+#: activations and same-shape arithmetic (the residual Add) run on the blocked (NCHWc) tensors,
+#: without the reorders ORT wraps them in (:func:`quant.calibrators.blocked.blocked_qdq_model`; the
+#: same outputs bit for bit). A module constant so that the benchmark and the tests can compare
+#: with the plain session.
 BLOCKED_SCORING = True
 #: Seeded random halvings :func:`choose_rule` judges the rules on.
 RULE_HALVINGS = 200

@@ -210,6 +210,37 @@ def _channels(node: onnx.NodeProto) -> int:
     return 0
 
 
+def _optimized(
+    model: onnx.ModelProto,
+    outputs: Sequence[str],
+    *,
+    name: str,
+    purpose: str,
+    session_config: Mapping[str, str] | None = None,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] | None:
+    """ORT's optimized graph of ``model`` with ``outputs`` added as graph outputs (its large
+    weights as stubs) and the weights' values over ORT's file; None (logged for ``purpose``)
+    where ORT refuses, the file does not read back, or the graph is not in topological order."""
+    from quant.backends.onnxruntime import save_optimized
+
+    data, weights = _optimization_input(model, outputs)
+    with tempfile.TemporaryDirectory(prefix="quant-ort-") as tmp:
+        path = Path(tmp) / "optimized.onnx"
+        try:
+            save_optimized(data, path, name=name, initializers=weights, external_weights=_WEIGHTS_FILE,
+                           session_config=session_config)
+            del data, weights
+            optimized = onnx.load(str(path), load_external_data=False)
+            stored = _map_weights(optimized.graph, Path(tmp) / _WEIGHTS_FILE)
+        except (ModelError, OSError, ValueError, DecodeError) as exc:
+            logger.debug("%s: no blocked graph for '%s' (%s)", purpose, name, exc)
+            return None
+    if not _topological(optimized.graph):
+        logger.debug("%s: ORT's optimized graph of '%s' is not in topological order", purpose, name)
+        return None
+    return optimized, stored
+
+
 def blocked_graph(
     model: onnx.ModelProto, fetch: Sequence[str], *, batch_size: int, name: str
 ) -> BlockedGraph | None:
@@ -219,22 +250,10 @@ def blocked_graph(
     if not fetch or not _worth_trying(model):
         return None
     original = tensor_bytes(model, batch_size)
-    data, weights = _optimization_input(model, fetch)
-    with tempfile.TemporaryDirectory(prefix="quant-ort-") as tmp:
-        path = Path(tmp) / "optimized.onnx"
-        try:
-            from quant.backends.onnxruntime import save_optimized
-
-            save_optimized(data, path, name=name, initializers=weights, external_weights=_WEIGHTS_FILE)
-            del data, weights
-            optimized = onnx.load(str(path), load_external_data=False)
-            stored = _map_weights(optimized.graph, Path(tmp) / _WEIGHTS_FILE)
-        except (ModelError, OSError, ValueError, DecodeError) as exc:
-            logger.debug("calibration: no blocked graph for '%s' (%s)", name, exc)
-            return None
-    if not _topological(optimized.graph):
-        logger.debug("calibration: ORT's optimized graph of '%s' is not in topological order", name)
+    got = _optimized(model, fetch, name=name, purpose="calibration")
+    if got is None:
         return None
+    optimized, stored = got
     wanted = set(fetch)
     source = {t: t for t in fetch}
     channels: dict[str, int] = {}
@@ -412,25 +431,15 @@ def blocked_qdq_model(model: onnx.ModelProto, *, name: str) -> BlockedQDQ | None
     """``model`` (a Q/DQ model, exact arithmetic) as ORT optimizes it, with the reorders around its
     elementwise nodes removed; None where ORT does not reorder (no Conv, not x86), nothing could be
     removed, or the optimization fails (the caller then runs ``model`` as it is)."""
-    from quant.backends.onnxruntime import EXACT_INT8_SESSION_CONFIG, save_optimized
+    from quant.backends.onnxruntime import EXACT_INT8_SESSION_CONFIG
 
     if not _worth_trying(model):
         return None
     shapes = _static_shapes(model.graph)
-    data, weights = _optimization_input(model, [])
-    with tempfile.TemporaryDirectory(prefix="quant-ort-") as tmp:
-        path = Path(tmp) / "optimized.onnx"
-        try:
-            save_optimized(data, path, name=name, initializers=weights, external_weights=_WEIGHTS_FILE,
-                           session_config=EXACT_INT8_SESSION_CONFIG)
-            del data, weights
-            optimized = onnx.load(str(path), load_external_data=False)
-            stored = _map_weights(optimized.graph, Path(tmp) / _WEIGHTS_FILE)
-        except (ModelError, OSError, ValueError, DecodeError) as exc:
-            logger.debug("auto calibration: no blocked Q/DQ graph for '%s' (%s)", name, exc)
-            return None
-    if not _topological(optimized.graph):
+    got = _optimized(model, [], name=name, purpose="auto calibration", session_config=EXACT_INT8_SESSION_CONFIG)
+    if got is None:
         return None
+    optimized, stored = got
     total = sum(1 for n in optimized.graph.node if n.domain == NCHWC_DOMAIN and n.op_type in ("ReorderInput", "ReorderOutput"))
     removed = _bypass_reorders(optimized.graph, shapes)
     if removed <= 0:
