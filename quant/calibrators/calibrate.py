@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -156,6 +156,8 @@ class PartitionedStats:
     collectors: list[StatsCollector | None]
     seen: int
     kept: dict[int, list[Any]]
+    #: with ``keep_outputs``: part -> per kept batch (as in ``kept``), the model's FP32 outputs
+    outputs: dict[int, list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ def collect_partitioned_statistics(
     parts: Sequence[Sequence[int] | np.ndarray] | None,
     *,
     keep: Sequence[int] = (),
+    keep_outputs: bool = False,
     batch_size: int = 8,
     num_bins: int = DEFAULT_NUM_BINS,
     progress: bool = False,
@@ -185,8 +188,9 @@ def collect_partitioned_statistics(
     part's sample positions (in the dataset's iteration order; None: one part, every sample).
     The data is read and the model's sessions built once; each part's statistics are its own
     samples' exactly (batches are regrouped by part, so no batch mixes two parts). The batches of
-    the parts in ``keep`` are returned too (``--method auto`` scores on them). Errors as
-    :func:`collect_statistics`; "no samples" means none in any part."""
+    the parts in ``keep`` are returned too (``--method auto`` scores on them), and with
+    ``keep_outputs`` the model's outputs on those batches, computed by the same pass (auto's FP32
+    reference). Errors as :func:`collect_statistics`; "no samples" means none in any part."""
     from tqdm import tqdm
 
     from quant.backends.onnxruntime import check_feed
@@ -220,13 +224,17 @@ def collect_partitioned_statistics(
         }
 
     shares = [[accumulators() for _ in range(nparts)] for _ in range(workers)]
+    keep_set = frozenset(keep)
     touched: set[int] = set()
     kept: dict[int, list[Any]] = {}
     from_graph = [t for t in plan.fetch if t not in graph_inputs]
     from_feed = [t for t in plan.fetch if t in graph_inputs]
+    model_outputs = [o.name for o in model.graph.output] if keep_outputs and keep else []
+    outputs: dict[int, dict[str, np.ndarray]] = {}  # id(kept batch) -> its outputs
     total = len(dataset) if part_of is None else int(np.count_nonzero(part_of >= 0))
     with (
-        _StagedRunner(model, from_graph, batch_size=batch_size, threads=intra, name=display) as runner,
+        _StagedRunner(model, from_graph, batch_size=batch_size, threads=intra, name=display,
+                      outputs=model_outputs) as runner,
         tqdm(
             total=total,
             unit="sample",
@@ -244,9 +252,12 @@ def collect_partitioned_statistics(
             check_feed(batch.feed, specs, model=display)
             for t in from_feed:
                 acc[t].update(batch.feed[t], batch_index=index, scratch=scratch)
-            for outputs in runner.run(batch.feed):
-                for t, value in outputs.items():
+            got: dict[str, np.ndarray] | None = {} if model_outputs and item.part in keep_set else None
+            for fetched in runner.run(batch.feed, outputs=got):
+                for t, value in fetched.items():
                     acc[t].update(value.numpy(), batch_index=index, scratch=scratch)
+            if got is not None:
+                outputs[id(batch)] = got
 
         source = iter(dataset.batches(batch_size))
 
@@ -258,7 +269,7 @@ def collect_partitioned_statistics(
                 yield _PartBatch(k, b)
 
         items: Iterator[_PartBatch] = (
-            (_PartBatch(0, b) for b in source) if part_of is None else routed(frozenset(keep)))
+            (_PartBatch(0, b) for b in source) if part_of is None else routed(keep_set))
         try:
             seen = _run_workers(items, shares, reduce, bar)  # type: ignore[arg-type]
         finally:
@@ -299,7 +310,13 @@ def collect_partitioned_statistics(
         histogram_kernel(),
         layout,
     )
-    return PartitionedStats(collectors, seen, kept)
+    references: dict[int, list[dict[str, np.ndarray]]] = {}
+    if model_outputs:
+        for k, batches in kept.items():
+            refs = [outputs.get(id(b)) for b in batches]
+            if all(r is not None and all(o in r for o in model_outputs) for r in refs):
+                references[k] = [r for r in refs if r is not None]
+    return PartitionedStats(collectors, seen, kept, references)
 
 
 # Run-time choices for the calibration sessions (module constants so the benchmark can compare).
@@ -429,6 +446,7 @@ class _StagedRunner:
         threads: int | None,
         name: str,
         max_bytes: int | None = None,
+        outputs: Sequence[str] = (),
     ) -> None:
         from quant.calibrators.blocked import blocked_graph
         from quant.calibrators.streaming import DEFAULT_STAGE_BYTES, plan_stages
@@ -438,15 +456,21 @@ class _StagedRunner:
         self._runners: list[OrtRunner] = []
         self._names: dict[str, tuple[str, ...]] = {}  # fetched tensor -> calibrated tensors it holds
         self._channels: Mapping[str, int] = {}
+        # model outputs computed too (NCHW, as the model returns them), handed out on request only
+        self._outputs = frozenset(outputs)
+        extra = [o for o in dict.fromkeys(outputs) if o not in set(fetch)]
         self.layout = "plain"
         blocked = blocked_graph(model, fetch, batch_size=batch_size, name=name) if _BLOCKED and fetch else None
         if blocked is not None:
             sources = list(dict.fromkeys(blocked.fetch.values()))
+            # an output calibrated from its blocked twin is computed as itself too (NCHW)
+            sources += [o for o in dict.fromkeys(outputs) if o not in sources]
             stages = plan_stages(
                 blocked.model, sources, batch_size=batch_size, max_bytes=budget, sizes=blocked.sizes
             )
             # One stage where the original graph needs several: a type the cut needs is unknown.
-            if len(stages) > 1 or len(plan_stages(model, fetch, batch_size=batch_size, max_bytes=budget)) == 1:
+            plain_stages = plan_stages(model, [*fetch, *extra], batch_size=batch_size, max_bytes=budget)
+            if len(stages) > 1 or len(plain_stages) == 1:
                 try:
                     # ORT optimized the graph already; the weights go to the sessions as arrays
                     self._open(blocked.model, stages, threads, name, "none", blocked.weights)
@@ -459,9 +483,10 @@ class _StagedRunner:
                     self._channels = blocked.channels
                     self.layout = f"blocked ({blocked.bypassed} of {len(fetch)} tensors)"
             del blocked
-        if not self._runners and fetch:
-            stages = plan_stages(model, fetch, batch_size=batch_size, max_bytes=budget)
+        if not self._runners and (fetch or extra):
+            stages = plan_stages(model, [*fetch, *extra], batch_size=batch_size, max_bytes=budget)
             self._open(model, stages, threads, name, _OPTIMIZATION)
+            self._names = {t: (t,) for t in fetch}
         from quant._memory import release_free_memory
 
         release_free_memory()  # what ORT freed after parsing the stage models (see quant/_memory.py)
@@ -499,14 +524,19 @@ class _StagedRunner:
             self.close()
             raise
 
-    def run(self, feed: Mapping[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+    def run(self, feed: Mapping[str, np.ndarray], *, outputs: dict[str, np.ndarray] | None = None) -> Iterator[dict[str, Any]]:
         """Run every stage on one batch; yields each stage's fetched tensors (calibrated tensor
-        name -> OrtValue)."""
+        name -> OrtValue). ``outputs``, where given, receives copies of the model outputs asked
+        for at construction."""
         values: dict[str, Any] = dict(feed)
         for stage, runner in zip(self._stages, self._runners, strict=True):
             out = runner.infer_values({t: values[t] for t in stage.inputs}, stage.outputs)
             fetched: dict[str, Any] = {}
             for t in stage.reduce:
+                if outputs is not None and t in self._outputs:
+                    outputs[t] = np.array(out[t].numpy())  # a copy: ORT reuses its buffer
+                if t not in self._names:  # an output that is not itself reduced
+                    continue
                 channels = self._channels.get(t)
                 if channels is not None:
                     shape = out[t].shape()
@@ -515,7 +545,7 @@ class _StagedRunner:
                             f"ONNX Runtime's blocked tensor '{t}' has shape {shape}, not {channels} "
                             "channels; this is a bug in quant, please report it"
                         )
-                for name in self._names.get(t, (t,)):
+                for name in self._names[t]:
                     fetched[name] = out[t]
             yield fetched
             values.update(out)

@@ -514,7 +514,7 @@ def test_the_scorer_reports_a_failure_of_the_reference_or_of_the_qdq_model(monke
     table = candidate_ranges(stats)
     feeds = [{"input": x[:8]}]
 
-    def no_reference(self: object, clean: object, threads: int) -> None:
+    def no_reference(self: object, clean: object, threads: int, given: object) -> None:
         raise CalibrationError("reference failed")
 
     def no_model(clean: object, amax: object) -> None:
@@ -532,3 +532,26 @@ def test_the_scorer_reports_a_failure_of_the_reference_or_of_the_qdq_model(monke
     assert threading.active_count() == before
     with OutputScorer(model, table["minmax"], feeds) as scorer:  # and it works without the patches
         assert scorer.reference and scorer.outputs
+
+
+def test_the_reference_comes_from_the_statistics_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto takes the FP32 outputs of its scoring batches from the statistics pass (no reference
+    pass of its own): the same choice, every score equal to the own pass's up to float rounding,
+    and the forward passes it records are the evaluations only."""
+    from quant.calibrators.auto import auto_calibrate
+    from quant.graph.qdq import calibration_tensors
+
+    model = cleanup(conv_bn_relu_cnn())
+    x = np.random.default_rng(6).standard_normal((24, 3, 16, 16)).astype(np.float32)
+    tensors = calibration_tensors(model, scope="qdq")
+    runs = {}
+    for reuse in (True, False):
+        monkeypatch.setattr(auto_module, "REUSE_REFERENCE", reuse)
+        runs[reuse] = auto_calibrate(model, _Feeds(x), tensors, batch_size=4)
+    (amax_r, _, n_r, rec_r), (amax_o, _, n_o, rec_o) = runs[True], runs[False]
+    assert rec_r.cost["reference"] == "statistics pass" and rec_o.cost["reference"] == "own pass"
+    assert rec_r.cost["sample_forwards"] == rec_o.cost["sample_forwards"] - rec_o.held_out
+    assert rec_r.choice == rec_o.choice and amax_r == amax_o and n_r == n_o == 24
+    assert rec_r.scores.keys() == rec_o.scores.keys()
+    for label, score in rec_r.scores.items():
+        assert score.sqnr_db == pytest.approx(rec_o.scores[label].sqnr_db, abs=1e-4), label

@@ -245,3 +245,40 @@ def test_partitioned_statistics_are_each_parts_own_from_one_read() -> None:
     assert empty.collectors[1] is None and empty.collectors[0] is not None
     with pytest.raises(UsageError, match="distinct"):
         collect_partitioned_statistics(model, data, ["x"], [np.array([0, 1]), np.array([1, 2])])
+
+
+@pytest.mark.parametrize("blocked", [True, False])
+@pytest.mark.parametrize("scope", ["qdq", "all"])  # "all": the model output is itself calibrated
+def test_the_statistics_pass_hands_out_the_kept_batches_outputs(
+    monkeypatch: pytest.MonkeyPatch, blocked: bool, scope: str
+) -> None:
+    """``keep_outputs``: the model's FP32 outputs on the kept batches come from the statistics
+    pass itself (auto's reference), equal to a run of the whole model up to float rounding, and
+    the statistics are those of a pass without them, bit for bit."""
+    import importlib
+
+    from quant.backends.onnxruntime import OrtRunner
+    from quant.calibrators.calibrate import collect_partitioned_statistics
+    from quant.graph.cleanup import cleanup
+    from quant.graph.qdq import calibration_tensors
+    from tests.models import residual_block
+
+    calibrate_mod = importlib.import_module("quant.calibrators.calibrate")
+    monkeypatch.setattr(calibrate_mod, "_BLOCKED", blocked)
+    model = cleanup(residual_block(channels=16, size=8))
+    tensors = calibration_tensors(model, scope)
+    x = np.random.default_rng(8).standard_normal((14, 3, 8, 8)).astype(np.float32)
+    parts = [np.array([0, 3, 4, 9, 13]), np.array([1, 2, 5, 6, 7, 8, 10, 11, 12])]
+    got = collect_partitioned_statistics(model, ArrayDataset({"input": x}), tensors, parts, keep=[0],
+                                         keep_outputs=True, batch_size=4)
+    plain = collect_partitioned_statistics(model, ArrayDataset({"input": x}), tensors, parts, keep=[0], batch_size=4)
+    assert plain.outputs == {} and sorted(got.outputs) == [0]
+    batches, outputs = got.kept[0], got.outputs[0]
+    assert [b.size for b in batches] == [4, 1] and len(outputs) == 2
+    with OrtRunner(model) as run:
+        for batch, out in zip(batches, outputs, strict=True):
+            want = run.infer(batch.feed)
+            assert set(out) == set(want) == {"output"}
+            np.testing.assert_allclose(out["output"], want["output"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got.collectors, plain.collectors, strict=True):
+        assert a is not None and b is not None and a.stats() == b.stats()
