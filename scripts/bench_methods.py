@@ -574,17 +574,36 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def cost(samples: int, work: Path, *, rounds: int = 1, plain_scoring: bool = False) -> dict[str, Any]:
+#: ``cost --variants``: auto with one of its speed-ups switched off (module constant, value),
+#: each run in every round beside the shipped auto.
+COST_VARIANTS: dict[str, tuple[str, str, bool]] = {
+    "plain-scoring": ("plain Q/DQ session", "BLOCKED_SCORING", False),
+    "own-reference": ("own FP32 reference pass", "REUSE_REFERENCE", False),
+}
+
+
+def _max_score_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """The largest difference between two auto records' candidate scores (dB)."""
+    sa, sb = a.get("scores") or {}, b.get("scores") or {}
+    if set(sa) != set(sb):
+        return math.inf
+    diffs = [abs(float(sa[k]["sqnr_db"]) - float(sb[k]["sqnr_db"])) for k in sa]
+    return max(diffs, default=0.0)
+
+
+def cost(samples: int, work: Path, *, rounds: int = 1, variants: Sequence[str] = ()) -> dict[str, Any]:
     """Wall and CPU seconds of each step, in ``rounds`` rounds of: FP32 pass, entropy, FP32 pass,
-    auto, FP32 pass (and with ``plain_scoring``: auto scoring on ORT's plain Q/DQ session, without
-    the blocked rewrite of quant.calibrators.blocked.blocked_qdq_model, then an FP32 pass). Each
-    step's figure is its fastest round, and the unit is the fastest FP32 pass (the machine may be
-    shared: the smallest is the run with the least interference)."""
+    auto, FP32 pass, and for each of ``variants`` (:data:`COST_VARIANTS`) auto with that speed-up
+    off, then an FP32 pass. Each step's figure is its fastest round, and the unit is the fastest
+    FP32 pass (the machine may be shared: the smallest is the run with the least interference)."""
     from quant import api
     from quant.backends.onnxruntime import OrtRunner
     from quant.calibrators import auto as auto_mod
     from quant.config import CalibrationOptions, DataOptions
 
+    unknown = [v for v in variants if v not in COST_VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown --variants {', '.join(unknown)} (known: {', '.join(COST_VARIANTS)})")
     model = resnet50()
     path = work / "resnet50.onnx"
     onnx.save(model, str(path))
@@ -593,17 +612,22 @@ def cost(samples: int, work: Path, *, rounds: int = 1, plain_scoring: bool = Fal
     data = DataOptions(str(work / "calib.npz"), batch_size=8)
     name = model.graph.input[0].name
     passes: list[tuple[float, float]] = []
-    steps: dict[str, list[tuple[float, float]]] = {"entropy": [], "auto": [], **({"auto_plain": []} if plain_scoring else {})}
-    records: dict[str, list[dict[str, Any]]] = {"auto": [], "auto_plain": []}
+    keys = ["entropy", "auto", *variants]
+    steps: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
+    records: dict[str, list[dict[str, Any]]] = {k: [] for k in keys if k != "entropy"}
 
     def calibrate(method: str, key: str) -> None:
+        constant, value = COST_VARIANTS[key][1:] if key in COST_VARIANTS else (None, None)
+        before = getattr(auto_mod, constant) if constant else None
+        if constant:
+            setattr(auto_mod, constant, value)
         t = _clock()
-        auto_mod.BLOCKED_SCORING = key != "auto_plain"
         try:
             out = api.calibrate(path, data, cache=work / f"{key}.cache", options=CalibrationOptions(method=method),
                                 force=True)
         finally:
-            auto_mod.BLOCKED_SCORING = True
+            if constant:
+                setattr(auto_mod, constant, before)
         steps[key].append(_since(t))
         if key in records:
             records[key].append(out.auto or {})
@@ -623,11 +647,12 @@ def cost(samples: int, work: Path, *, rounds: int = 1, plain_scoring: bool = Fal
             fp32_pass()
             calibrate("auto", "auto")
             fp32_pass()
-            if plain_scoring:
-                calibrate("auto", "auto_plain")
+            for v in variants:
+                calibrate("auto", v)
                 fp32_pass()
     record = records["auto"][0]
     best = {k: (min(v[0] for v in vals), min(v[1] for v in vals)) for k, vals in steps.items()}
+    everything = [r for recs in records.values() for r in recs]
     return {
         "samples": samples,
         "rounds": rounds,
@@ -635,17 +660,13 @@ def cost(samples: int, work: Path, *, rounds: int = 1, plain_scoring: bool = Fal
         "fp32_pass_cpu_s": min(p[1] for p in passes),
         "fp32_passes": passes,
         "steps": steps,
-        "entropy_s": best["entropy"][0],
-        "entropy_cpu_s": best["entropy"][1],
-        "auto_s": best["auto"][0],
-        "auto_cpu_s": best["auto"][1],
-        "search_s": min(r.get("seconds") or math.inf for r in records["auto"]),
-        "same_choice": all(r.get("choice") == record.get("choice") for r in [*records["auto"], *records["auto_plain"]]),
-        "auto_plain_s": best["auto_plain"][0] if plain_scoring else None,
-        "auto_plain_cpu_s": best["auto_plain"][1] if plain_scoring else None,
-        "search_plain_s": min((r.get("seconds") or math.inf for r in records["auto_plain"]), default=None),
-        "same_scores": all(r.get("scores") == record.get("scores") for r in [*records["auto"], *records["auto_plain"]]),
+        "best": best,
+        "variants": list(variants),
+        "search_s": {k: min(r.get("seconds") or math.inf for r in recs) for k, recs in records.items()},
+        "same_choice": all(r.get("choice") == record.get("choice") for r in everything),
+        "max_score_diff_db": max(_max_score_diff(r, record) for r in everything),
         "scoring_layout": (record.get("cost") or {}).get("scoring_layout"),
+        "reference": (record.get("cost") or {}).get("reference"),
         "evaluations": record.get("evaluations"),
         "held_out": record.get("held_out"),
         "groups": (record.get("plan") or {}).get("groups"),
@@ -664,25 +685,24 @@ def render_cost(r: dict[str, Any]) -> str:
         return [label, f"{wall:.2f}", f"{wall / f:.2f}", "-" if cpu is None else f"{cpu:.2f}",
                 "-" if cpu is None else f"{cpu / fc:.2f}"]
 
+    best, search = r["best"], r["search_s"]
     rows = [
         row("one FP32 pass over the calibration set", f, fc),
-        row("quant calibrate --method entropy", r["entropy_s"], r["entropy_cpu_s"]),
-        row("quant calibrate --method auto, total", r["auto_s"], r["auto_cpu_s"]),
-        row("  of which the search (reference pass + evaluations)", r["search_s"], None),
+        row("quant calibrate --method entropy", *best["entropy"]),
+        row("quant calibrate --method auto, total", *best["auto"]),
+        row("  of which the search (scorer set-up + evaluations)", search["auto"], None),
     ]
-    if r.get("auto_plain_s") is not None:
-        rows += [
-            row("quant calibrate --method auto, plain Q/DQ session", r["auto_plain_s"], r["auto_plain_cpu_s"]),
-            row("  of which the search", r["search_plain_s"], None),
-        ]
+    for v in r["variants"]:
+        rows += [row(f"quant calibrate --method auto, {COST_VARIANTS[v][0]}", *best[v]),
+                 row("  of which the search", search[v], None)]
     head = (
         f"ResNet-50, {r['samples']} samples, batch 8, fastest of {r['rounds']} round(s): {r['held_out']} held out, "
         f"{r['evaluations']} evaluations ({r['groups']} groups over {r['searched_tensors']} Q/DQ tensors), "
         f"{r['sample_forwards']} sample forwards = {r['nominal_passes']}x nominal, scored on "
-        f"{r['scoring_workers']} concurrent workers, Q/DQ session {r.get('scoring_layout')}; chose {r['choice']} "
-        f"({'the same' if r['same_choice'] else 'NOT the same'} in every round"
-        f"{'' if r.get('auto_plain_s') is None else ', plain session included'}; scores "
-        f"{'identical' if r.get('same_scores') else 'NOT identical'}); FP32 passes (wall, CPU s): "
+        f"{r['scoring_workers']} concurrent workers, Q/DQ session {r.get('scoring_layout')}, reference from the "
+        f"{r.get('reference')}; chose {r['choice']} "
+        f"({'the same' if r['same_choice'] else 'NOT the same'} in every round and variant; candidate scores "
+        f"within {r['max_score_diff_db']:.1e} dB); FP32 passes (wall, CPU s): "
         + ", ".join(f"{w:.1f}/{c:.1f}" for w, c in r["fp32_passes"])
     )
     return head + "\n\n" + format_table(["step", "wall s", "x FP32 pass", "CPU s", "x FP32 pass (CPU)"], rows)
@@ -706,8 +726,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     k = sub.add_parser("cost", help="auto's cost on ResNet-50")
     k.add_argument("--samples", type=int, default=128)
     k.add_argument("--rounds", type=int, default=1, help="repeat every step this often; each figure is its fastest")
-    k.add_argument("--plain-scoring", action="store_true",
-                   help="also time auto scoring on ORT's plain Q/DQ session (BLOCKED_SCORING off), side by side")
+    k.add_argument("--variants", type=lambda v: [x for x in v.split(",") if x], default=[],
+                   help=f"also time auto with a speed-up off, side by side: {', '.join(COST_VARIANTS)}")
     k.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     cpu = cpu_info()
@@ -741,7 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(render_compare(results[-1:]), flush=True)
             payload = {"cpu": cpu, "results": results}
         else:
-            payload = {"cpu": cpu, **cost(args.samples, work, rounds=args.rounds, plain_scoring=args.plain_scoring)}
+            payload = {"cpu": cpu, **cost(args.samples, work, rounds=args.rounds, variants=args.variants)}
             print(render_cost(payload))
     if args.json:
         args.json.write_text(json.dumps(payload, indent=1, default=str))

@@ -710,8 +710,10 @@ class OutputScorer:
     feeds, with TensorRT's exact arithmetic. Call it with tensor -> amax for every quantized tensor.
 
     ``feeds`` are the held-out batches (kept in memory: at most :data:`MAX_HELD_OUT` samples);
-    the FP32 reference outputs are computed once here. With ``folds`` (the fold of each batch),
-    a tensor's value may be a tuple of amax, one per fold: each batch is scored with its fold's."""
+    ``reference``, where given, their FP32 outputs (the statistics pass made them); otherwise
+    they are computed once here, while the Q/DQ model is built. With ``folds`` (the fold of each
+    batch), a tensor's value may be a tuple of amax, one per fold: each batch is scored with its
+    fold's."""
 
     def __init__(
         self,
@@ -733,8 +735,9 @@ class OutputScorer:
         workers, intra = scoring_layout(threads, len(self.feeds))
         self._map = BatchMap(workers)
         try:
-            # The FP32 reference runs while this thread builds the Q/DQ model and its session
-            # (Python and ORT's graph optimization: one core, about a second on ResNet-50).
+            # Without a given reference, the FP32 model runs while this thread builds the Q/DQ
+            # model and its session (Python and ORT's graph optimization: one core, about a
+            # second on ResNet-50).
             with ThreadPoolExecutor(1, thread_name_prefix="quant-auto-reference") as pool:
                 pending = pool.submit(self._reference, clean, intra, reference)
                 self.sim = scale_input_model(clean, base_amax)
