@@ -144,6 +144,7 @@ def render_auto_scores(record: dict[str, Any]) -> str:
         lines.append(
             f"  {record.get('evaluations')} evaluations, {cost.get('sample_forwards')} sample forwards = "
             f"{_fmt(cost.get('passes'))}x one pass over the {cost.get('calibration_samples')} calibration samples"
+            + ("; the FP32 reference came from the statistics pass" if cost.get("reference") == "statistics pass" else "")
         )
     return "\n".join(lines)
 

@@ -396,6 +396,11 @@ def test_calibrate_auto_records_choice_and_is_deterministic(cnn: tuple[Path, Pat
     assert set(rec.scores) == {c.label for c in CANDIDATES}
     assert rec.score.sqnr_db >= max(s.sqnr_db for s in rec.scores.values())
     assert rec.evaluations <= rec.plan.max_evaluations
+    # the FP32 reference of the scored samples came from the statistics pass: no pass of its own
+    from quant.cache.inspect import render_auto_scores
+
+    assert rec.cost["reference"] == "statistics pass" and rec.cost["sample_forwards"] == rec.evaluations * 16
+    assert "the FP32 reference came from the statistics pass" in render_auto_scores(loaded.auto or {})
     # written: each tensor's chosen method refitted on the statistics of all 40 samples
     # (collected here independently)
     clean = cleanup(load_model(model))
