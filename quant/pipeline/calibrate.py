@@ -366,8 +366,11 @@ def _folds_text(record: AutoRecord) -> str:
 def _auto_message(record: AutoRecord) -> str:
     counts = ", ".join(f"{lab} {n}" for lab, n in record.method_counts().items())
     best = record.scores[record.best_single]
+    # which figure decided (quant.calibrators.auto.SCORE_RULE; pooled SQNR by default)
+    by_samples = (record.rule or {}).get("rule") == "samples"
     mean = (
-        f", mean of per-sample SQNR {record.score.sample_db:.2f} dB (what decides; best single {best.sample_db:.2f})"
+        f", mean of per-sample SQNR {record.score.sample_db:.2f} dB "
+        f"({'what decides' if by_samples else 'recorded, pooled SQNR decides'}; best single {best.sample_db:.2f})"
         if record.score.sample_db is not None and best.sample_db is not None else ""
     )
     return (

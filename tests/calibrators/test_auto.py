@@ -401,6 +401,12 @@ def test_calibrate_auto_records_choice_and_is_deterministic(cnn: tuple[Path, Pat
 
     assert rec.cost["reference"] == "statistics pass" and rec.cost["sample_forwards"] == rec.evaluations * 16
     assert "the FP32 reference came from the statistics pass" in render_auto_scores(loaded.auto or {})
+    # the summary line names the figure that decided (pooled SQNR by default), not the recorded mean
+    assert "recorded, pooled SQNR decides" in first.message and "what decides" not in first.message
+    from quant.pipeline.calibrate import _auto_message
+
+    by_samples = AutoRecord.from_dict({**(loaded.auto or {}), "rule": {"rule": "samples"}})
+    assert "dB (what decides;" in _auto_message(by_samples)
     # written: each tensor's chosen method refitted on the statistics of all 40 samples
     # (collected here independently)
     clean = cleanup(load_model(model))
