@@ -113,6 +113,15 @@ def fidelity(ref: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray], class
 # --------------------------------------------------------------------------------------------
 
 
+def _reduce_period(samples: int) -> int:
+    """ONNX Runtime's CalibMaxIntermediateOutputs for ``samples``: 4, or the next that does not
+    divide ``samples`` (see :func:`_ort_static`)."""
+    k = 4
+    while samples % k == 0:
+        k += 1
+    return k
+
+
 def _ort_static(model_path: Path, calib: np.ndarray, name: str, method: str, out: Path) -> Path:
     """ONNX Runtime quantize_static in TensorRT's form, its default calibration options."""
     from onnxruntime.quantization import (
@@ -160,8 +169,11 @@ def _ort_static(model_path: Path, calib: np.ndarray, name: str, method: str, out
         calibrate_method=getattr(CalibrationMethod, method),
         # CalibMaxIntermediateOutputs: ORT keeps every intermediate output of every calibration
         # sample otherwise (about 15 GB for ppocr_det's 18 images at 512x512, beyond this 24 GiB
-        # machine shared with other jobs); with it, ORT reduces them every 4 samples
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "CalibMaxIntermediateOutputs": 4},
+        # machine shared with other jobs); with it, ORT reduces them every 4 samples. ORT's MinMax
+        # then fails ("No data is collected") when the sample count is a multiple of it, so the
+        # period is the smallest from 4 up that does not divide the count (4 for 18 samples).
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                       "CalibMaxIntermediateOutputs": _reduce_period(calib.shape[0])},
     )
     return out
 
@@ -417,7 +429,9 @@ def render_protocol(results: Sequence[Mapping[str, Any]]) -> str:
         first = res["results"][0]
         n_eval = sum(sp["eval_samples"] for sp in res["results"])
         lines.append(
-            f"#### {res['model']}: {proto['repeats']} x {proto['folds']}-fold, {len(res['splits'])} splits, "
+            f"#### {res['model']}: "
+            + (f"{proto['repeats']} x {proto['folds']}-fold" if proto.get("folds") else f"{proto['repeats']} random")
+            + f", {len(res['splits'])} splits, "
             f"about {first['calib_samples']} calibration / {first['eval_samples']} evaluation images each, "
             f"{n_eval} evaluations in all")
         lines.append("")

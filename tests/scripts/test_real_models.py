@@ -187,3 +187,30 @@ def test_prepare_folds_writes_every_split_and_the_protocol(tmp_path: Path) -> No
         p.name for p in rm.split_photos(seed=3, fold=1, folds=3, photos_only=True)[1]]
     with np.load(tmp_path / "r1f1" / "ppocr_cls" / "calib.npz") as calib:
         assert calib["x"].shape == (18, 3, 48, 192)
+
+
+def test_demo_splits_calibrate_and_evaluate_on_distinct_held_out_digits(tmp_path: Path) -> None:
+    """prepare-demo: seeded random splits of the demo's 1,800 digits it was not trained on, each
+    calibrating on N of them and evaluating on 1,500 others, in the layout bench_methods reads."""
+    from quant.demo import demo_model_path
+
+    out = rm.prepare_demo(tmp_path / "demo", calib_size=18, repeats=2, seed=5)
+    protocol = json.loads((out / "protocol.json").read_text())
+    assert [s["split"] for s in protocol["splits"]] == ["r0", "r1"] and protocol["folds"] is None
+    seen = []
+    for split in ("r0", "r1"):
+        d = out / split / "lenet_demo"
+        assert (d / "model.onnx").read_bytes() == demo_model_path().read_bytes()
+        calib, evaluation = np.load(d / "calib.npz")["input"], np.load(d / "eval.npz")["input"]
+        assert calib.shape == (18, 1, 28, 28) and evaluation.shape == (1500, 1, 28, 28)
+        assert calib.dtype == np.float32 and calib.min() >= 0.0 and calib.max() <= 1.0
+        info = json.loads((d / "info.json").read_text())
+        pos_c, pos_e = set(info["calibration_positions"]), set(info["evaluation_positions"])
+        assert len(pos_c) == 18 and len(pos_e) == 1500 and not pos_c & pos_e
+        seen.append(pos_c)
+    assert seen[0] != seen[1]  # another seed, another split
+    again = rm.prepare_demo(tmp_path / "again", calib_size=18, repeats=1, seed=5)
+    np.testing.assert_array_equal(np.load(again / "r0" / "lenet_demo" / "calib.npz")["input"],
+                                  np.load(out / "r0" / "lenet_demo" / "calib.npz")["input"])
+    with pytest.raises(rm.RealModelError, match="exceed the demo's 1800"):
+        rm.prepare_demo(tmp_path / "big", calib_size=400, repeats=1)
