@@ -1038,9 +1038,9 @@ def auto_calibrate(
     collected = [(k, col) for k, col in enumerate(got.collectors) if col is not None]
     seen = got.seen
     parts = [[dict(b.feed) for b in got.kept.get(k, [])] for k in range(nfolds)]
-    # the FP32 outputs of the scoring batches, from the same pass (None: the scorer runs them)
-    references = [got.outputs[k] for k in range(nfolds)] if all(
-        len(got.outputs.get(k, ())) == len(parts[k]) and parts[k] for k in range(nfolds)) else None
+    # the FP32 outputs of the scoring batches, from the same pass (a part's are there only when
+    # complete; None: the scorer runs them)
+    references = [got.outputs[k] for k in range(nfolds)] if all(k in got.outputs for k in range(nfolds)) else None
 
     def merged(skip: int | None) -> StatsCollector:
         out = StatsCollector(num_bins=num_bins)

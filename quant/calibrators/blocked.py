@@ -343,6 +343,10 @@ def _static_shapes(graph: onnx.GraphProto) -> dict[str, tuple[object, ...]]:
     return shapes
 
 
+def _count_reorders(nodes: Sequence[onnx.NodeProto]) -> int:
+    return sum(1 for n in nodes if n.domain == NCHWC_DOMAIN and n.op_type in ("ReorderInput", "ReorderOutput"))
+
+
 def _bypass_reorders(graph: onnx.GraphProto, shapes: Mapping[str, tuple[object, ...]]) -> int:
     """Rewrite ``graph`` (ORT's optimized graph) in place as described above; return how many
     reorder nodes it no longer has."""
@@ -366,22 +370,21 @@ def _bypass_reorders(graph: onnx.GraphProto, shapes: Mapping[str, tuple[object, 
         if node.domain not in ("", "ai.onnx") or len(node.output) != 1 or not node.input:
             continue
         inputs = list(node.input)
+        data = [i for i in inputs if i in twin]  # the inputs with a blocked twin
         if node.op_type in _UNARY:  # the data, then scale / zero point / bounds: one value each
             if inputs[0] not in twin or any(i and i not in scalars for i in inputs[1:]):
                 continue
         elif node.op_type in _BINARY:
-            paired = [i for i in inputs if i in twin]
-            if len(inputs) != 2 or not paired or any(i not in twin and i not in scalars for i in inputs):
+            if len(inputs) != 2 or not data or any(i not in twin and i not in scalars for i in inputs):
                 continue
-            if len(paired) == 2 and not (
-                root[paired[0]] == root[paired[1]] or (paired[0] in shapes and shapes[paired[0]] == shapes.get(paired[1]))
+            if len(data) == 2 and not (
+                root[data[0]] == root[data[1]] or (data[0] in shapes and shapes[data[0]] == shapes.get(data[1]))
             ):
                 continue  # broadcasting would pair other elements in the blocked order
         else:
             continue
-        if len({twin[i][1] for i in inputs if i in twin}) != 1:
+        if len({twin[i][1] for i in data}) != 1:
             continue
-        data = [i for i in inputs if i in twin]
         name = f"{node.output[0]}__nchwc"
         while name in taken:
             name += "_"
@@ -417,11 +420,7 @@ def _bypass_reorders(graph: onnx.GraphProto, shapes: Mapping[str, tuple[object, 
             live.append(node)
             needed.update(i for i in node.input if i)
     live.reverse()
-
-    def reorders(ns: Sequence[onnx.NodeProto]) -> int:
-        return sum(1 for n in ns if n.domain == NCHWC_DOMAIN and n.op_type in ("ReorderInput", "ReorderOutput"))
-
-    removed = reorders(graph.node) - reorders(live)
+    removed = _count_reorders(graph.node) - _count_reorders(live)
     del graph.node[:]
     graph.node.extend(live)
     return removed
@@ -440,7 +439,7 @@ def blocked_qdq_model(model: onnx.ModelProto, *, name: str) -> BlockedQDQ | None
     if got is None:
         return None
     optimized, stored = got
-    total = sum(1 for n in optimized.graph.node if n.domain == NCHWC_DOMAIN and n.op_type in ("ReorderInput", "ReorderOutput"))
+    total = _count_reorders(optimized.graph.node)
     removed = _bypass_reorders(optimized.graph, shapes)
     if removed <= 0:
         return None

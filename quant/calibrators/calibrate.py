@@ -458,7 +458,8 @@ class _StagedRunner:
         self._channels: Mapping[str, int] = {}
         # model outputs computed too (NCHW, as the model returns them), handed out on request only
         self._outputs = frozenset(outputs)
-        extra = [o for o in dict.fromkeys(outputs) if o not in set(fetch)]
+        calibrated = set(fetch)
+        extra = [o for o in dict.fromkeys(outputs) if o not in calibrated]
         self.layout = "plain"
         blocked = blocked_graph(model, fetch, batch_size=batch_size, name=name) if _BLOCKED and fetch else None
         if blocked is not None:
