@@ -574,6 +574,77 @@ def rule_regret(calib: Path, *, folds: int | None, halvings: int = 200, seed: in
             "mean_db": {lab: _mean_db(*per[lab]) for lab in labels}}
 
 
+def _ranks(x: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n of ``x`` (ties get their mean rank), as Spearman's correlation uses them."""
+    a = np.asarray(x, dtype=np.float64)
+    order = np.argsort(a, kind="stable")
+    r = np.empty(len(a))
+    r[order] = np.arange(1, len(a) + 1, dtype=np.float64)
+    for v in np.unique(a):
+        tie = a == v
+        r[tie] = r[tie].mean()
+    return r
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of two equally long sequences (None where one is constant)."""
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    d = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return None if d == 0.0 else float((rx * ry).sum() / d)
+
+
+def rank_agreement(payload: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per model of a ``compare --json`` file (protocol form): how well auto's scores on its
+    calibration folds rank the six candidates like the split's evaluation samples do.
+
+    For each split: Spearman's correlation between each candidate's score on auto's folds
+    (``calibration_scores``, what auto chose by) and its SQNR on the evaluation samples, and the
+    evaluation rank (1 = best) of the candidate auto's folds put first. Beside it, the same
+    correlation between the evaluation scores of two splits (every pair): how alike two sets of
+    evaluation samples rank the six methods, each calibrated on its own split, which bounds how
+    well any choice made before seeing one split's evaluation samples can track its ranking.
+    Nothing here runs a model: it reads what ``compare`` recorded."""
+    import itertools
+
+    out = []
+    for m in payload["results"]:
+        rhos: list[float | None] = []
+        pick_ranks: list[int] = []
+        evals: list[dict[str, float]] = []
+        for r in m["results"]:
+            ev = {row["method"]: row["sqnr_db"] for row in r["rows"] if row["tool"] == "quant"}
+            auto = next(row for row in r["rows"] if row["tool"] == "quant" and row["method"] == "auto")
+            cs = {k: v for k, v in (auto.get("calibration_scores") or {}).items() if v is not None and k in ev}
+            labels = list(cs)
+            evals.append({k: ev[k] for k in labels})
+            rhos.append(spearman([cs[k] for k in labels], [ev[k] for k in labels]) if len(labels) > 2 else None)
+            order = sorted(labels, key=lambda k: -ev[k])
+            pick_ranks.append(order.index(max(labels, key=lambda k: cs[k])) + 1)
+        known = [x for x in rhos if x is not None]
+        pairs = [x for a, b in itertools.combinations(evals, 2) if set(a) == set(b) and len(a) > 2
+                 and (x := spearman([a[k] for k in a], [b[k] for k in a])) is not None]
+        out.append({"model": m["model"], "splits": len(rhos), "spearman": rhos,
+                    "mean_spearman": float(np.mean(known)) if known else None,
+                    "eval_pairs_spearman": float(np.mean(pairs)) if pairs else None, "pick_rank": pick_ranks,
+                    "picked_best": sum(1 for k in pick_ranks if k == 1),
+                    "calib_samples": m["results"][0].get("calib_samples"),
+                    "eval_samples": m["results"][0].get("eval_samples")})
+    return out
+
+
+def render_ranks(rows: Sequence[Mapping[str, Any]]) -> str:
+    table = [[r["model"], str(r["splits"]), f"{r['calib_samples']} / {r['eval_samples']}",
+              "-" if r["mean_spearman"] is None else f"{r['mean_spearman']:.2f}",
+              "-" if r["eval_pairs_spearman"] is None else f"{r['eval_pairs_spearman']:.2f}",
+              " ".join("-" if x is None else f"{x:.2f}" for x in r["spearman"]),
+              f"{r['picked_best']} / {r['splits']}", " ".join(str(k) for k in r["pick_rank"])]
+             for r in rows]
+    return format_table(["model", "splits", "calibration / evaluation samples per split",
+                         "auto's folds vs evaluation, mean Spearman", "evaluation vs evaluation (split pairs)",
+                         "per split (folds vs evaluation)", "auto's pick best on evaluation", "evaluation rank of auto's pick"], table)
+
+
 # --------------------------------------------------------------------------------------------
 # cost
 # --------------------------------------------------------------------------------------------
@@ -737,6 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--folds", type=lambda v: [int(x) for x in v.split(",")], default=[0],
                    help="comma-separated fold counts to try (0: as auto forms them)")
     r.add_argument("--json", type=Path, default=None)
+    q = sub.add_parser("ranks", help="how well auto's fold scores rank the candidates like the evaluation "
+                                     "samples (reads compare --json files, runs no model)")
+    q.add_argument("files", type=Path, nargs="+", help="JSON files written by 'compare --json' (protocol form)")
+    q.add_argument("--json", type=Path, default=None)
     k = sub.add_parser("cost", help="auto's cost on ResNet-50")
     k.add_argument("--samples", type=int, default=128)
     k.add_argument("--rounds", type=int, default=1, help="repeat every step this often; each figure is its fastest")
@@ -753,6 +828,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = compare_protocol(args.real, names, work, budget=args.budget, save=args.json)
             print(render_protocol_summary(results))
             payload: Any = {"cpu": cpu, "protocol": True, "results": results}
+        elif args.command == "ranks":
+            rows = [r for f in args.files for r in rank_agreement(json.loads(f.read_text()))]
+            print(render_ranks(rows))
+            payload = {"cpu": cpu, "ranks": rows}
         elif args.command == "rules":
             protocol = json.loads((args.real / "protocol.json").read_text())
             splits = [x["split"] for x in protocol["splits"]]
