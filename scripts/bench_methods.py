@@ -574,6 +574,62 @@ def rule_regret(calib: Path, *, folds: int | None, halvings: int = 200, seed: in
             "mean_db": {lab: _mean_db(*per[lab]) for lab in labels}}
 
 
+def firmness_study(real: Path, compare: Mapping[str, Any], work: Path, *, models: Sequence[str] | None = None,
+                   budget: float = 2.5) -> list[dict[str, Any]]:
+    """Does auto's ``firmness`` (the share of bootstrap resamples of its scored samples in which
+    its model-level choice scores best) say when that choice can be trusted? Per split of a
+    ``compare --json`` run (protocol form) it runs ``--method auto`` again on the split's
+    calibration samples (nothing else: the evaluation figures of the six methods come from the
+    compare file) and keeps the share, the choice, and where the choice ranks on the split's
+    evaluation samples. The choice must equal the one the compare run recorded (checked)."""
+    from quant import api
+    from quant.config import CalibrationOptions, DataOptions
+
+    out = []
+    for m in compare["results"]:
+        if models and m["model"] not in models:
+            continue
+        for split, r in zip(m["splits"], m["results"], strict=True):
+            name = split["split"] if isinstance(split, Mapping) else str(split)
+            directory = real / name / m["model"]
+            ev = {row["method"]: row["sqnr_db"] for row in r["rows"] if row["tool"] == "quant"}
+            recorded = next(row for row in r["rows"] if row["tool"] == "quant" and row["method"] == "auto")
+            cache = work / f"{m['model']}.{name}.firm.cache"
+            res = api.calibrate(directory / "model.onnx", DataOptions(str(directory / "calib.npz")), cache=cache,
+                                options=CalibrationOptions(method="auto", auto_budget=budget))
+            record = res.auto or {}
+            best = str(record.get("best_single"))
+            if best != recorded.get("best_single_held_out"):
+                raise SystemExit(f"{m['model']} {name}: auto chose {best} here, "
+                                 f"{recorded.get('best_single_held_out')} in the compare run")
+            shares = (record.get("firmness") or {}).get("shares") or {}
+            labels = [k for k in shares if k in ev]
+            order = sorted(labels, key=lambda k: -ev[k])
+            out.append({"model": m["model"], "split": name, "best_single": best, "share": shares.get(best),
+                        "shares": shares, "eval_rank": order.index(best) + 1,
+                        "regret_db": max(ev[k] for k in labels) - ev[best],
+                        "calib_samples": r.get("calib_samples"), "eval_samples": r.get("eval_samples")})
+            print(f"{m['model']} {name}: {best} best in {100 * (shares.get(best) or 0):.0f} % of resamples, "
+                  f"rank {order.index(best) + 1} on evaluation", flush=True)
+    return out
+
+
+def render_firmness(rows: Sequence[Mapping[str, Any]], firm_share: float = 0.5) -> str:
+    table = []
+    models = list(dict.fromkeys((r["model"], r["calib_samples"], r["eval_samples"]) for r in rows))
+    for model, nc, ne in models:
+        mine = [r for r in rows if (r["model"], r["calib_samples"], r["eval_samples"]) == (model, nc, ne)]
+        cells = [model, f"{nc} / {ne}", f"{np.mean([r['share'] for r in mine]):.2f}"]
+        for firm in (True, False):
+            part = [r for r in mine if (r["share"] >= firm_share) == firm]
+            cells.append(f"{len(part)}: best {sum(r['eval_rank'] == 1 for r in part)}, "
+                         f"regret {np.mean([r['regret_db'] for r in part]):.2f} dB" if part else "0")
+        table.append(cells)
+    return format_table(["model", "calibration / evaluation samples", "mean share of auto's choice",
+                         f"splits with share >= {firm_share:g}: picked the evaluation's best, mean regret",
+                         f"splits with share < {firm_share:g}"], table)
+
+
 def _ranks(x: Sequence[float]) -> np.ndarray:
     """Ranks 1..n of ``x`` (ties get their mean rank), as Spearman's correlation uses them."""
     a = np.asarray(x, dtype=np.float64)
@@ -812,6 +868,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "samples (reads compare --json files, runs no model)")
     q.add_argument("files", type=Path, nargs="+", help="JSON files written by 'compare --json' (protocol form)")
     q.add_argument("--json", type=Path, default=None)
+    f = sub.add_parser("firmness", help="whether auto's bootstrap share says when its choice holds on the "
+                                        "evaluation samples (runs auto on each split of a compare run)")
+    f.add_argument("--real", type=Path, required=True, help="the folder the compare run read")
+    f.add_argument("--compare", type=Path, required=True, help="that run's --json file")
+    f.add_argument("--models", default=None)
+    f.add_argument("--json", type=Path, default=None)
     k = sub.add_parser("cost", help="auto's cost on ResNet-50")
     k.add_argument("--samples", type=int, default=128)
     k.add_argument("--rounds", type=int, default=1, help="repeat every step this often; each figure is its fastest")
@@ -828,6 +890,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = compare_protocol(args.real, names, work, budget=args.budget, save=args.json)
             print(render_protocol_summary(results))
             payload: Any = {"cpu": cpu, "protocol": True, "results": results}
+        elif args.command == "firmness":
+            rows = firmness_study(args.real, json.loads(args.compare.read_text()), work,
+                                  models=args.models.split(",") if args.models else None)
+            print(render_firmness(rows))
+            payload = {"cpu": cpu, "firmness": rows}
         elif args.command == "ranks":
             rows = [r for f in args.files for r in rank_agreement(json.loads(f.read_text()))]
             print(render_ranks(rows))

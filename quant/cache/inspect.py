@@ -108,6 +108,7 @@ def describe_cache(loaded: LoadedCache) -> dict[str, Any]:
             "scoring_data": record.get("scoring_data"),
             "evaluations": record.get("evaluations"),
             "cost": record.get("cost"),
+            "firmness": record.get("firmness"),
         }
     return desc
 
@@ -123,10 +124,15 @@ def render_auto_scores(record: dict[str, Any]) -> str:
     if folds > 1:
         where += f" ({folds} folds, each scored with ranges from the other samples' statistics)"
     lines = [f"auto: output SQNR (dB) and top-1 agreement (%) on {held} {where}, exact TensorRT arithmetic"]
-    rows: list[tuple[str, str, str]] = []
+    got = record.get("firmness")
+    firm: dict[str, Any] = got if isinstance(got, dict) else {}
+    got = firm.get("shares")
+    shares: dict[str, Any] = got if isinstance(got, dict) else {}
+    rows: list[tuple[str, ...]] = []
     for label, sc in scores.items():
         mark = " (best single)" if label == best else ""
-        rows.append((f"{label}{mark}", _score_text(sc, "sqnr_db"), _score_text(sc, "agreement")))
+        row: tuple[str, ...] = (f"{label}{mark}", _score_text(sc, "sqnr_db"), _score_text(sc, "agreement"))
+        rows.append(row + ((_share_text(shares.get(label)),) if shares else ()))
     final = record.get("score") or {}
     choice = record.get("choice")
     counts = record.get("methods")
@@ -135,10 +141,15 @@ def render_auto_scores(record: dict[str, Any]) -> str:
         for lab in choice.values():
             counts[lab] = counts.get(lab, 0) + 1
     mix = ", ".join(f"{k} {v}" for k, v in (counts or {}).items())
-    rows.append((f"auto ({mix})", _score_text(final, "sqnr_db"), _score_text(final, "agreement")))
+    rows.append((f"auto ({mix})", _score_text(final, "sqnr_db"), _score_text(final, "agreement"))
+                + (("",) if shares else ()))
     width = max(len(r[0]) for r in rows)
-    lines.append(f"  {'candidate'.ljust(width)}  {'SQNR dB':>8}  {'agree %':>8}")
-    lines.extend(f"  {a.ljust(width)}  {b:>8}  {c:>8}" for a, b, c in rows)
+    head = f"  {'candidate'.ljust(width)}  {'SQNR dB':>8}  {'agree %':>8}"
+    lines.append(head + (f"  {'best in %':>9}" if shares else ""))
+    lines.extend(f"  {r[0].ljust(width)}  " + "  ".join(f"{c:>{w}}" for c, w in zip(r[1:], (8, 8, 9), strict=False))
+                 for r in rows)
+    if shares and best in shares:
+        lines.append("  " + firmness_line(firm, str(best)))
     cost = record.get("cost") or {}
     if cost:
         lines.append(
@@ -147,6 +158,23 @@ def render_auto_scores(record: dict[str, Any]) -> str:
             + ("; the FP32 reference came from the statistics pass" if cost.get("reference") == "statistics pass" else "")
         )
     return "\n".join(lines)
+
+
+def _share_text(share: Any) -> str:
+    return "-" if share is None else f"{100.0 * float(share):.0f}"
+
+
+def firmness_line(firmness: dict[str, Any], best: str) -> str:
+    """One sentence on how firmly the scored samples back ``best`` (``--method auto``'s
+    ``firmness`` record: :func:`quant.calibrators.auto.bootstrap_shares`)."""
+    share = float(firmness["shares"][best])
+    text = (f"'best in %': the share of {firmness.get('resamples')} bootstrap resamples of the "
+            f"{firmness.get('samples')} scored samples in which a candidate scores best; {best}: "
+            f"{100.0 * share:.0f} %")
+    if share < float(firmness.get("firm_share", 0.5)):
+        return (text + ". Uncertain: the candidates lie within the noise of these samples, so a "
+                "similar set could have chosen another; more calibration data would settle it")
+    return text
 
 
 def _score_text(score: Any, key: str) -> str:

@@ -98,6 +98,10 @@ BLOCKED_SCORING = True
 REUSE_REFERENCE = True
 #: Seeded random halvings :func:`choose_rule` judges the rules on.
 RULE_HALVINGS = 200
+#: Seeded bootstrap resamples of the scored samples behind :func:`bootstrap_shares`.
+FIRMNESS_RESAMPLES = 200
+#: Below this share of resamples won, the model-level choice is reported as uncertain.
+FIRM_SHARE = 0.5
 #: A per-sample SQNR is clipped to +-this (dB), so that one exact or all-zero sample does not
 #: make the mean infinite.
 SAMPLE_DB_CLIP = 300.0
@@ -298,6 +302,7 @@ class SearchResult:
     plan: SearchPlan
     steps: tuple[dict[str, Any], ...] = ()
     rule: dict[str, Any] = field(default_factory=dict)
+    firmness: dict[str, Any] = field(default_factory=dict)  # bootstrap_shares of the model-level round
 
 
 def search(
@@ -339,6 +344,10 @@ def search(
         scores[lab] = scores[same] if same is not None else measure({t: lab for t in tensors})
         log.info("auto: %-18s %s%s", lab, _describe(scores[lab]), f" (the ranges of {same})" if same else "")
     rule, regret = choose_rule(scores, seed=seed)
+    firmness = bootstrap_shares(scores, rule=rule, seed=seed)
+    if firmness:
+        log.info("auto: best in bootstrap resamples of the %d scored samples: %s", firmness["samples"],
+                 ", ".join(f"{k} {v:.0%}" for k, v in firmness["shares"].items()))
     scores = {lab: replace(sc, rule=rule, parts=None) for lab, sc in scores.items()}
     if regret:
         log.info("auto: rule %s (halving regret %s)", rule, ", ".join(f"{k} {v:.2f} dB" for k, v in regret.items()))
@@ -382,6 +391,7 @@ def search(
         plan=plan,
         steps=tuple(steps),
         rule={"rule": rule, "halving_regret_db": regret, "halvings": RULE_HALVINGS if regret else 0},
+        firmness=firmness,
     )
 
 
@@ -427,6 +437,44 @@ def choose_rule(scores: Mapping[str, Score], *, seed: int = 0) -> tuple[str, dic
     return ("samples" if regret["samples"] < regret["pooled"] - 1e-9 else "pooled"), regret
 
 
+def bootstrap_shares(scores: Mapping[str, Score], *, rule: str = "pooled", seed: int = 0,
+                     resamples: int = FIRMNESS_RESAMPLES) -> dict[str, Any]:
+    """How firmly the scored samples back the model-level choice: over ``resamples`` seeded
+    bootstrap resamples of the scored samples (drawn with replacement), the share of resamples in
+    which each candidate has the best deciding figure (``rule``: pooled SQNR, or the mean of
+    per-sample dB; ties go to the earlier label, as in :func:`search`). A share near 1 means any
+    similar set of samples would have chosen the same; a share below :data:`FIRM_SHARE` means the
+    candidates lie within the noise of these few samples, and more calibration data would be
+    needed to tell them apart. Uses the model-level round's per-sample figures: no forward pass.
+    Empty where those are missing (fewer than 2 candidates or 4 samples)."""
+    labels = list(scores)
+    parts = [scores[lab].parts for lab in labels]
+    if len(labels) < 2 or any(p is None for p in parts):
+        return {}
+    m = int(parts[0][0].shape[0])  # type: ignore[index]
+    if m < 4:
+        return {}
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xB007])
+    draws = rng.integers(0, m, size=(resamples, m))
+    figures = np.empty((resamples, len(labels)))
+    for j, (signal, noise) in enumerate(parts):  # type: ignore[misc]
+        sig = np.asarray(signal, dtype=np.float64)
+        err = np.asarray(noise, dtype=np.float64)
+        if rule == "samples":  # as _mean_sample_db: each sample's weakest output, clipped
+            per = np.array([min(_sqnr(float(a), float(b)) for a, b in zip(sr, er, strict=True))
+                            for sr, er in zip(sig, err, strict=True)])
+            figures[:, j] = np.clip(per, -SAMPLE_DB_CLIP, SAMPLE_DB_CLIP)[draws].mean(axis=1)
+        else:  # as _pooled_db: the weakest output's pooled SQNR
+            s_sum, e_sum = sig[draws].sum(axis=1), err[draws].sum(axis=1)  # (resamples, outputs)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                db = np.where(e_sum > 0, 10.0 * np.log10(s_sum / e_sum), np.inf)
+            db = np.where((e_sum > 0) & (s_sum <= 0), -np.inf, db)
+            figures[:, j] = db.min(axis=1)
+    wins = np.bincount(np.argmax(figures, axis=1), minlength=len(labels))  # argmax: first maximum
+    shares = {lab: round(float(w) / resamples, 4) for lab, w in zip(labels, wins, strict=True)}
+    return {"resamples": resamples, "samples": m, "shares": shares, "firm_share": FIRM_SHARE}
+
+
 def _describe(s: Score) -> str:
     text = f"SQNR {s.sqnr_db:.2f} dB"
     if s.sample_db is not None:
@@ -466,6 +514,7 @@ class AutoRecord:
     seconds: float | None = None
     cost: dict[str, Any] = field(default_factory=dict)
     rule: dict[str, Any] = field(default_factory=dict)  # choose_rule: the rule and each rule's regret
+    firmness: dict[str, Any] = field(default_factory=dict)  # bootstrap_shares of the model-level round
 
     @classmethod
     def from_search(
@@ -491,6 +540,7 @@ class AutoRecord:
             seconds=round(seconds, 3),
             cost=cost,
             rule=dict(found.rule),
+            firmness=dict(found.firmness),
         )
 
     def method_counts(self) -> dict[str, int]:
@@ -518,6 +568,7 @@ class AutoRecord:
             "seconds": self.seconds,
             "cost": dict(self.cost),
             "rule": dict(self.rule),
+            "firmness": dict(self.firmness),
         }
 
     @classmethod
@@ -542,6 +593,7 @@ class AutoRecord:
                 seconds=None if data.get("seconds") is None else float(data["seconds"]),
                 cost=dict(data.get("cost") or {}),
                 rule=dict(data.get("rule") or {}),
+                firmness=dict(data.get("firmness") or {}),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CacheError(

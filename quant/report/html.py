@@ -540,6 +540,8 @@ def _method_scores(cal: Mapping[str, Any]) -> str:
         return ""
     record = _mapping(cal.get("auto"))
     cost = _mapping(record.get("cost"))
+    firm = _mapping(record.get("firmness"))
+    shown = any(r.get("best_share") is not None for r in rows)
     body = []
     for r in rows:
         label = _e(r["label"]) + (" (best single)" if r["best_single"] else "")
@@ -547,7 +549,11 @@ def _method_scores(cal: Mapping[str, Any]) -> str:
             label = "<strong>auto (per tensor)</strong>"
         sqnr = "&infin;" if r["sqnr_db"] is None else fmt_number(r["sqnr_db"], 2)
         agree = "-" if r["agreement"] is None else fmt_number(r["agreement"], 1)
-        body.append([label, _e(_fmt_value(r["params"]) if r["params"] else "-"), sqnr, agree, _e(r["tensors"])])
+        cells = [label, _e(_fmt_value(r["params"]) if r["params"] else "-"), sqnr, agree, _e(r["tensors"])]
+        if shown:
+            share = r.get("best_share")
+            cells.append("" if r["label"] == "auto" else "-" if share is None else fmt_number(100.0 * float(share), 0))
+        body.append(cells)
     folds = int(cost.get("folds") or 1)
     where = (
         f"{_e(record.get('held_out'))} calibration samples held aside from the statistics"
@@ -560,9 +566,17 @@ def _method_scores(cal: Mapping[str, Any]) -> str:
         f"{_e(record.get('evaluations'))} evaluations costing {_e(cost.get('passes'))}x one forward pass over "
         "the calibration set. 'tensors' counts the tensors that chose each method."
     )
+    headers = ["method", "parameters", "SQNR dB", "top-1 agree %", "tensors"]
+    if shown:
+        from quant.cache.inspect import firmness_line
+
+        headers.append("best in %")
+        best = str(record.get("best_single"))
+        if best in _mapping(firm.get("shares")):
+            note += _note(_e(firmness_line(dict(firm), best)) + ".")
     return (
         '<h3 id="methods">Methods against fidelity</h3>'
-        + _table(["method", "parameters", "SQNR dB", "top-1 agree %", "tensors"], body, numeric=(2, 3, 4))
+        + _table(headers, body, numeric=(2, 3, 4, 5) if shown else (2, 3, 4))
         + note
     )
 

@@ -344,6 +344,9 @@ def method_scores(calibration: Mapping[str, Any] | None) -> list[dict[str, Any]]
         for c in record.get("candidates") or ()
         if isinstance(c, Mapping)
     }
+    firm = record.get("firmness")
+    shares = firm.get("shares") if isinstance(firm, Mapping) else None
+    shares = shares if isinstance(shares, Mapping) else {}
     rows: list[dict[str, Any]] = []
     for label, sc in scores.items():
         sc = sc if isinstance(sc, Mapping) else {}
@@ -355,6 +358,7 @@ def method_scores(calibration: Mapping[str, Any] | None) -> list[dict[str, Any]]
                 "agreement": sc.get("agreement"),
                 "tensors": chosen.get(str(label), 0),
                 "best_single": label == record.get("best_single"),
+                "best_share": shares.get(label),
             }
         )
     score = record.get("score")
@@ -367,6 +371,7 @@ def method_scores(calibration: Mapping[str, Any] | None) -> list[dict[str, Any]]
             "agreement": final.get("agreement"),
             "tensors": sum(chosen.values()),
             "best_single": False,
+            "best_share": None,
         }
     )
     return rows

@@ -396,6 +396,10 @@ def test_calibrate_auto_records_choice_and_is_deterministic(cnn: tuple[Path, Pat
     assert set(rec.scores) == {c.label for c in CANDIDATES}
     assert rec.score.sqnr_db >= max(s.sqnr_db for s in rec.scores.values())
     assert rec.evaluations <= rec.plan.max_evaluations
+    # how firmly the 16 scored samples back the model-level choice, recorded beside it
+    assert rec.firmness["samples"] == 16 and set(rec.firmness["shares"]) == set(rec.scores)
+    assert sum(rec.firmness["shares"].values()) == pytest.approx(1.0)
+    assert rec.firmness["shares"][rec.best_single] > 0.0
     # the FP32 reference of the scored samples came from the statistics pass: no pass of its own
     from quant.cache.inspect import render_auto_scores
 
@@ -566,3 +570,75 @@ def test_the_reference_comes_from_the_statistics_pass(monkeypatch: pytest.Monkey
     assert rec_r.scores.keys() == rec_o.scores.keys()
     for label, score in rec_r.scores.items():
         assert score.sqnr_db == pytest.approx(rec_o.scores[label].sqnr_db, abs=1e-4), label
+
+
+def _noisy_parts(rng: np.random.Generator, m: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    signal = rng.uniform(1.0, 2.0, size=(m, 1))
+    return signal, scale * signal * rng.uniform(0.5, 1.5, size=(m, 1))
+
+
+def test_bootstrap_shares_are_the_pooled_winners_of_seeded_resamples() -> None:
+    from quant.calibrators.auto import _pooled_db, bootstrap_shares
+
+    rng = np.random.default_rng(5)
+    m = 16
+    parts = {"a": _noisy_parts(rng, m, 0.10), "b": _noisy_parts(rng, m, 0.11), "c": _noisy_parts(rng, m, 0.5)}
+    scores = {lab: Score(_pooled_db(*p), parts=p) for lab, p in parts.items()}
+    got = bootstrap_shares(scores, seed=3)
+    assert got == bootstrap_shares(scores, seed=3)  # seeded
+    assert got["resamples"] == auto_module.FIRMNESS_RESAMPLES and got["samples"] == m
+    # brute force: the same draws, each resample's winner by the pooled figure (ties: earlier label)
+    draws = np.random.default_rng([3, 0xB007]).integers(0, m, size=(auto_module.FIRMNESS_RESAMPLES, m))
+    wins = dict.fromkeys(parts, 0)
+    for d in draws:
+        wins[max(parts, key=lambda lab: _pooled_db(parts[lab][0][d], parts[lab][1][d]))] += 1  # noqa: B023
+    assert got["shares"] == {lab: w / len(draws) for lab, w in wins.items()}
+    assert sum(got["shares"].values()) == pytest.approx(1.0)
+    assert got["shares"]["c"] == 0.0 and 0.0 < got["shares"]["b"] < got["shares"]["a"] < 1.0  # a near tie
+
+
+def test_bootstrap_shares_of_a_clear_winner_and_of_identical_ranges() -> None:
+    from quant.calibrators.auto import _mean_sample_db, _pooled_db, bootstrap_shares
+
+    rng = np.random.default_rng(0)
+    clear = _noisy_parts(rng, 12, 0.01)
+    worse = (clear[0], clear[1] * 10.0)  # ten times the error on every sample
+    scores = {"x": Score(_pooled_db(*worse), parts=worse), "y": Score(_pooled_db(*clear), parts=clear)}
+    assert bootstrap_shares(scores)["shares"] == {"x": 0.0, "y": 1.0}
+    assert bootstrap_shares(scores, rule="samples")["shares"] == {"x": 0.0, "y": 1.0}
+    # the same ranges (one Score shared, as search does): the earlier label wins every tie
+    same = {"p": scores["y"], "q": scores["y"]}
+    assert bootstrap_shares(same)["shares"] == {"p": 1.0, "q": 0.0}
+    # no per-sample figures, or too few samples: nothing to say
+    assert bootstrap_shares({"x": Score(1.0), "y": Score(2.0)}) == {}
+    few = (clear[0][:3], clear[1][:3])
+    assert bootstrap_shares({"x": Score(1.0, parts=few), "y": Score(2.0, parts=few)}) == {}
+    # the samples rule resamples each sample's figure as _mean_sample_db computes it
+    one = bootstrap_shares({"x": Score(0.0, parts=worse), "y": Score(0.0, parts=clear)}, rule="samples",
+                           resamples=1)
+    assert one["shares"]["y"] == 1.0 and _mean_sample_db(*clear) > _mean_sample_db(*worse)
+
+
+def test_the_record_shows_how_firmly_the_samples_back_the_choice() -> None:
+    from quant.cache.inspect import render_auto_scores
+    from quant.pipeline.calibrate import _auto_message
+    from quant.report.html import _method_scores
+
+    rec = AutoRecord(
+        choice={"a": "mse"}, candidates=tuple(c.to_dict() for c in CANDIDATES),
+        scores={"mse": Score(12.5), "entropy": Score(12.4)}, best_single="mse", score=Score(12.5), searched=1,
+        evaluations=2, plan=SearchPlan(2, 0, 2), held_out=16, statistics_samples=18, seed=0,
+        firmness={"resamples": 200, "samples": 16, "shares": {"mse": 0.42, "entropy": 0.58}, "firm_share": 0.5},
+    )
+    assert AutoRecord.from_dict(json.loads(json.dumps(rec.to_dict()))) == rec
+    text = render_auto_scores(rec.to_dict())
+    assert "best in %" in text and "200 bootstrap resamples of the 16 scored samples" in text
+    assert "mse: 42 %. Uncertain" in text
+    assert "mse best in 42 % of bootstrap resamples" in _auto_message(rec) and "uncertain" in _auto_message(rec)
+    page = _method_scores({"auto": rec.to_dict()})
+    assert "best in %" in page and ">42<" in page and "Uncertain" in page
+    firm = AutoRecord.from_dict({**rec.to_dict(), "firmness": {**rec.firmness, "shares": {"mse": 0.9, "entropy": 0.1}}})
+    assert "Uncertain" not in render_auto_scores(firm.to_dict()) and "uncertain" not in _auto_message(firm)
+    # a sidecar written before the record had it: no column, no sentence
+    old = {k: v for k, v in rec.to_dict().items() if k != "firmness"}
+    assert "best in %" not in render_auto_scores(old) and "best in %" not in _method_scores({"auto": old})

@@ -55,3 +55,40 @@ def test_rank_agreement_reads_compare_records(tmp_path: Path) -> None:
     assert bm.main(["ranks", str(f), "--json", str(tmp_path / "ranks.json")]) == 0
     saved = json.loads((tmp_path / "ranks.json").read_text())["ranks"][0]
     assert saved["pick_rank"] == [1, 4, 2]
+
+
+def test_firmness_study_joins_autos_share_with_the_recorded_evaluation(tmp_path: Path) -> None:
+    import onnx
+
+    from quant import api
+    from quant.config import CalibrationOptions, DataOptions
+    from tests.models import conv_bn_relu_cnn
+
+    pytest.importorskip("onnxruntime")
+    d = tmp_path / "real" / "r0" / "cnn"
+    d.mkdir(parents=True)
+    onnx.save(conv_bn_relu_cnn(), d / "model.onnx")
+    x = np.random.default_rng(3).standard_normal((18, 3, 16, 16)).astype(np.float32)
+    x[:, :, :2] *= 6.0
+    np.savez(d / "calib.npz", input=x)
+    first = api.calibrate(d / "model.onnx", DataOptions(str(d / "calib.npz")), cache=tmp_path / "a.cache",
+                          options=CalibrationOptions(method="auto"))
+    best = (first.auto or {})["best_single"]
+    labels = list((first.auto or {})["scores"])
+    evals = {k: 10.0 + i for i, k in enumerate(labels)}  # the last label is the evaluation's best
+    split = {"calib_samples": 18, "eval_samples": 9,
+             "rows": [{"tool": "quant", "method": k, "sqnr_db": v} for k, v in evals.items()]
+             + [{"tool": "quant", "method": "auto", "sqnr_db": evals[best], "best_single_held_out": best}]}
+    payload = {"results": [{"model": "cnn", "splits": [{"split": "r0"}], "results": [split]}]}
+    work = tmp_path / "work"
+    work.mkdir()
+    (row,) = bm.firmness_study(tmp_path / "real", payload, work)
+    assert row["best_single"] == best and row["share"] == (first.auto or {})["firmness"]["shares"][best]
+    assert row["eval_rank"] == len(labels) - labels.index(best)
+    assert row["regret_db"] == pytest.approx(evals[labels[-1]] - evals[best])
+    text = bm.render_firmness([row, {**row, "share": 0.2, "eval_rank": 1, "regret_db": 0.0}])
+    assert "1: best 1, regret 0.00 dB" in text
+    # a different choice than the compare run recorded is refused, not silently joined
+    split["rows"][-1]["best_single_held_out"] = next(k for k in labels if k != best)
+    with pytest.raises(SystemExit, match="in the compare run"):
+        bm.firmness_study(tmp_path / "real", payload, work)
