@@ -228,6 +228,27 @@ _HELD_OUT_SHARE = 0.125
 _MAX_HELD_OUT = 32
 
 
+def _per_sample_parts(
+    reference: Sequence[Sequence[torch.Tensor]], outs: Sequence[Sequence[torch.Tensor]],
+    held_inputs: Sequence[tuple[torch.Tensor, ...]],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per held-out sample (rows) and output (columns): sum(ref^2) and sum(err^2), as the ONNX
+    scorer records them (for auto's bootstrap firmness); None where an output has no per-sample
+    first dimension."""
+    sig_rows: list[list[float]] = []
+    err_rows: list[list[float]] = []
+    for ref, out, args in zip(reference, outs, held_inputs, strict=True):
+        b = int(args[0].shape[0])
+        if any(r.dim() == 0 or int(r.shape[0]) != b for r in ref):
+            return None
+        sig = torch.stack([(r.double() ** 2).reshape(b, -1).sum(1) for r in ref], dim=1)
+        err = torch.stack([((o.double() - r.double()) ** 2).reshape(b, -1).sum(1) for o, r in zip(out, ref, strict=True)],
+                          dim=1)
+        sig_rows.extend(sig.tolist())
+        err_rows.extend(err.tolist())
+    return np.asarray(sig_rows, dtype=np.float64), np.asarray(err_rows, dtype=np.float64)
+
+
 def _auto_amax(
     model: nn.Module,
     all_q: Mapping[str, ActQuantizer],
@@ -285,7 +306,7 @@ def _auto_amax(
         r0 = torch.cat([r[0].reshape(r[0].shape[0], -1) for r in reference])
         o0 = torch.cat([o[0].reshape(o[0].shape[0], -1) for o in outs])
         agree = 100.0 * float((r0.argmax(1) == o0.argmax(1)).double().mean()) if r0.shape[1] > 1 else None
-        return Score(sqnr_db=worst, agreement=agree)
+        return Score(sqnr_db=worst, agreement=agree, parts=_per_sample_parts(reference, outs, held_inputs))
 
     was_training = model.training
     model.eval()

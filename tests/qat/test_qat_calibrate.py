@@ -197,6 +197,9 @@ def test_auto_picks_per_quantizer_by_measured_fidelity_and_refits_on_all_samples
     assert 1 <= rec.held_out <= 32 and rec.statistics_samples == 160 - rec.held_out
     assert set(rec.scores) == {c.label for c in CANDIDATES}
     assert rec.score.sqnr_db >= max(s.sqnr_db for s in rec.scores.values())
+    # the bootstrap firmness of the model-level choice, from per-sample figures as the ONNX scorer's
+    assert rec.held_out >= 4 and rec.firmness["samples"] == rec.held_out
+    assert set(rec.firmness["shares"]) == set(rec.scores) and sum(rec.firmness["shares"].values()) == pytest.approx(1.0)
     ref = StatsCollector()
     for b in _batches(x):
         with torch.no_grad():
