@@ -378,12 +378,12 @@ def _auto_message(record: AutoRecord) -> str:
     if record.best_single in shares:
         share = float(shares[record.best_single])
         uncertain = share < float(record.firmness.get("firm_share", 0.5))
-        firm = (f"; {record.best_single} best in {100.0 * share:.0f} % of bootstrap resamples of the scored samples"
-                + (" (uncertain: more calibration data would settle it)" if uncertain else ""))
+        firm = (f", best in {100.0 * share:.0f} % of bootstrap resamples of the scored samples"
+                + (": uncertain, more calibration data would settle it" if uncertain else ""))
     return (
         f"; auto chose per tensor ({counts}): SQNR {record.score.sqnr_db:.2f} dB on {record.held_out} held-out "
-        f"samples{_folds_text(record)} (best single method {record.best_single} {best.sqnr_db:.2f} dB){mean}, "
-        f"{record.evaluations} evaluations, {record.cost.get('passes', 0):.2f}x a forward pass over the data{firm}"
+        f"samples{_folds_text(record)} (best single method {record.best_single} {best.sqnr_db:.2f} dB{firm}){mean}, "
+        f"{record.evaluations} evaluations, {record.cost.get('passes', 0):.2f}x a forward pass over the data"
     )
 
 

@@ -634,7 +634,7 @@ def test_the_record_shows_how_firmly_the_samples_back_the_choice() -> None:
     text = render_auto_scores(rec.to_dict())
     assert "best in %" in text and "200 bootstrap resamples of the 16 scored samples" in text
     assert "mse: 42 %. Uncertain" in text
-    assert "mse best in 42 % of bootstrap resamples" in _auto_message(rec) and "uncertain" in _auto_message(rec)
+    assert "mse 12.50 dB, best in 42 % of bootstrap resamples" in _auto_message(rec) and "uncertain" in _auto_message(rec)
     page = _method_scores({"auto": rec.to_dict()})
     assert "best in %" in page and ">42<" in page and "Uncertain" in page
     firm = AutoRecord.from_dict({**rec.to_dict(), "firmness": {**rec.firmness, "shares": {"mse": 0.9, "entropy": 0.1}}})
