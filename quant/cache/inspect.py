@@ -148,7 +148,7 @@ def render_auto_scores(record: dict[str, Any]) -> str:
     lines.append(head + (f"  {'best in %':>9}" if shares else ""))
     lines.extend(f"  {r[0].ljust(width)}  " + "  ".join(f"{c:>{w}}" for c, w in zip(r[1:], (8, 8, 9), strict=False))
                  for r in rows)
-    if shares and best in shares:
+    if best_share(firm, str(best)) is not None:
         lines.append("  " + firmness_line(firm, str(best)))
     cost = record.get("cost") or {}
     if cost:
@@ -164,14 +164,23 @@ def _share_text(share: Any) -> str:
     return "-" if share is None else f"{100.0 * float(share):.0f}"
 
 
+def best_share(firmness: Any, best: str) -> tuple[float, bool] | None:
+    """(share, uncertain) of ``best`` in ``--method auto``'s ``firmness`` record
+    (:func:`quant.calibrators.auto.bootstrap_shares`); None where the record has no share for it."""
+    shares = firmness.get("shares") if isinstance(firmness, dict) else None
+    if not isinstance(shares, dict) or shares.get(best) is None:
+        return None
+    share = float(shares[best])
+    return share, share < float(firmness.get("firm_share", 0.5))
+
+
 def firmness_line(firmness: dict[str, Any], best: str) -> str:
-    """One sentence on how firmly the scored samples back ``best`` (``--method auto``'s
-    ``firmness`` record: :func:`quant.calibrators.auto.bootstrap_shares`)."""
-    share = float(firmness["shares"][best])
+    """One sentence on how firmly the scored samples back ``best`` (see :func:`best_share`)."""
+    share, uncertain = best_share(firmness, best) or (0.0, False)
     text = (f"'best in %': the share of {firmness.get('resamples')} bootstrap resamples of the "
             f"{firmness.get('samples')} scored samples in which a candidate scores best; {best}: "
             f"{100.0 * share:.0f} %")
-    if share < float(firmness.get("firm_share", 0.5)):
+    if uncertain:
         return (text + ". Uncertain: the candidates lie within the noise of these samples, so a "
                 "similar set could have chosen another; more calibration data would settle it")
     return text

@@ -455,22 +455,9 @@ def bootstrap_shares(scores: Mapping[str, Score], *, rule: str = "pooled", seed:
     if m < 4:
         return {}
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0xB007])
-    draws = rng.integers(0, m, size=(resamples, m))
-    figures = np.empty((resamples, len(labels)))
-    for j, (signal, noise) in enumerate(parts):  # type: ignore[misc]
-        sig = np.asarray(signal, dtype=np.float64)
-        err = np.asarray(noise, dtype=np.float64)
-        if rule == "samples":  # as _mean_sample_db: each sample's weakest output, clipped
-            per = np.array([min(_sqnr(float(a), float(b)) for a, b in zip(sr, er, strict=True))
-                            for sr, er in zip(sig, err, strict=True)])
-            figures[:, j] = np.clip(per, -SAMPLE_DB_CLIP, SAMPLE_DB_CLIP)[draws].mean(axis=1)
-        else:  # as _pooled_db: the weakest output's pooled SQNR
-            s_sum, e_sum = sig[draws].sum(axis=1), err[draws].sum(axis=1)  # (resamples, outputs)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                db = np.where(e_sum > 0, 10.0 * np.log10(s_sum / e_sum), np.inf)
-            db = np.where((e_sum > 0) & (s_sum <= 0), -np.inf, db)
-            figures[:, j] = db.min(axis=1)
-    wins = np.bincount(np.argmax(figures, axis=1), minlength=len(labels))  # argmax: first maximum
+    figure = _mean_sample_db if rule == "samples" else _pooled_db  # what decides, as in search
+    figures = [[figure(p[0][d], p[1][d]) for p in parts] for d in rng.integers(0, m, size=(resamples, m))]  # type: ignore[index]
+    wins = np.bincount(np.argmax(np.asarray(figures), axis=1), minlength=len(labels))  # argmax: first maximum
     shares = {lab: round(float(w) / resamples, 4) for lab, w in zip(labels, wins, strict=True)}
     return {"resamples": resamples, "samples": m, "shares": shares, "firm_share": FIRM_SHARE}
 

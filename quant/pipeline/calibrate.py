@@ -373,13 +373,12 @@ def _auto_message(record: AutoRecord) -> str:
         f"({'what decides' if by_samples else 'recorded, pooled SQNR decides'}; best single {best.sample_db:.2f})"
         if record.score.sample_db is not None and best.sample_db is not None else ""
     )
-    shares = (record.firmness or {}).get("shares") or {}
+    from quant.cache.inspect import best_share
+
     firm = ""
-    if record.best_single in shares:
-        share = float(shares[record.best_single])
-        uncertain = share < float(record.firmness.get("firm_share", 0.5))
-        firm = (f", best in {100.0 * share:.0f} % of bootstrap resamples of the scored samples"
-                + (": uncertain, more calibration data would settle it" if uncertain else ""))
+    if (got := best_share(record.firmness, record.best_single)) is not None:
+        firm = (f", best in {100.0 * got[0]:.0f} % of bootstrap resamples of the scored samples"
+                + (": uncertain, more calibration data would settle it" if got[1] else ""))
     return (
         f"; auto chose per tensor ({counts}): SQNR {record.score.sqnr_db:.2f} dB on {record.held_out} held-out "
         f"samples{_folds_text(record)} (best single method {record.best_single} {best.sqnr_db:.2f} dB{firm}){mean}, "

@@ -568,11 +568,11 @@ def _method_scores(cal: Mapping[str, Any]) -> str:
     )
     headers = ["method", "parameters", "SQNR dB", "top-1 agree %", "tensors"]
     if shown:
-        from quant.cache.inspect import firmness_line
+        from quant.cache.inspect import best_share, firmness_line
 
         headers.append("best in %")
         best = str(record.get("best_single"))
-        if best in _mapping(firm.get("shares")):
+        if best_share(dict(firm), best) is not None:
             note += _note(_e(firmness_line(dict(firm), best)) + ".")
     return (
         '<h3 id="methods">Methods against fidelity</h3>'
